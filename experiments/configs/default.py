@@ -1,0 +1,54 @@
+"""Default config: VAE-GAN on the embedded digits (scikit-learn, 1,797 images).
+
+Needs no download. 32x32x1 images; a slimmer version of the authors' 32x32
+architecture so that 2 CPU cores reach recognisable digits in ~10 minutes.
+Every field is overridable, e.g. ``--config.batch_size=128 --config.gamma=1e-5``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Model kind: 'vaegan' | 'vae' | 'gan' | 'vae_dis_l'.
+  c.kind = "vaegan"
+
+  # Losses and routing (see vaegan_jax/train_step.py).
+  c.gamma = 1e-6  # weight of L_llike in Dec's loss, against the GAN term.
+  c.gan_form = "saturating"  # paper; or 'non_saturating' (-log D).
+  c.recon_in_gan = True  # paper's Algorithm 1; the authors' CelebA run: False.
+  c.pixel_sigma = 1.0  # 'vae' kind only: pixel-wise Gaussian std.
+  c.weight_decay = 0.0  # authors' code: 1e-5 (L2 on conv/dense kernels).
+  c.balance = False  # authors' equilibrium rule (code only).
+  c.balance_equilibrium = 0.68
+  c.balance_margin = 0.35
+
+  # Optimizer: RMSProp, one per network.
+  c.learning_rate = 3e-4
+  c.lr_schedule = "constant"  # or 'authors'
+  c.rmsprop_decay = 0.9
+  c.rmsprop_eps = 1e-8
+  c.rmsprop_eps_in_sqrt = False  # authors: eps outside the sqrt.
+
+  c.model = ml_collections.ConfigDict(dict(
+      image_size=32, channels=1, z_dim=32,
+      enc_widths=(32, 64, 128), enc_dense=256,
+      dec_dense_channels=128, dec_widths=(128, 64, 32),
+      dis_first=32, dis_widths=(64, 128, 128), dis_dense=256,
+      num_attributes=0, bn_momentum=0.9, bn_eps_conv=1e-5, bn_eps_dense=1e-5,
+      init="default", conv_impl="auto", dtype="float32"))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits", image_size=32, channels=1, data_dir=None, manual_dir=None,
+      folder=None, hflip=False, train_split="train", eval_split="test",
+      num_examples=0))
+
+  c.batch_size = 64
+  c.num_train_steps = 3000
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.sample_every = 500
+  c.num_sample_images = 64
+  return c

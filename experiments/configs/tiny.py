@@ -1,0 +1,18 @@
+"""Tiny config for tests and smoke runs: 16x16x1 digits, narrow networks."""
+
+from experiments.configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.model.update(dict(image_size=16, channels=1, z_dim=8, enc_widths=(8, 16, 16),
+                      enc_dense=32, dec_dense_channels=16, dec_widths=(16, 16, 8),
+                      dis_first=8, dis_widths=(16, 16, 16), dis_dense=32))
+  c.data.image_size = 16
+  c.batch_size = 16
+  c.num_train_steps = 20
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.sample_every = 10
+  c.num_sample_images = 16
+  return c

@@ -1,0 +1,9 @@
+"""Test set-up: 8 virtual CPU devices so that pmap is really data-parallel."""
+
+import os
+
+# Must happen before jax initialises its backends.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

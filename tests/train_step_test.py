@@ -1,0 +1,241 @@
+"""Routing tests: each group's update is exactly the gradient of its own loss.
+
+The references below rebuild every loss from the plain ``apply`` functions,
+with no masks, and differentiate each group's loss alone with ``jax.grad``.
+They share only the batch composition with the routed step (BN couples the
+samples of a batch, so the composition is part of the loss's definition).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import tiny
+from vaegan_jax import models
+from vaegan_jax import train_step as ts
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _config(kind, **kw):
+  c = tiny.get_config()
+  c.kind = kind
+  c.model.conv_impl = "xla"
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def _setup(config, seed=0, b=8):
+  state = ts.create_train_state(config, jax.random.PRNGKey(seed))
+  rng = np.random.RandomState(seed)
+  s = config.model.image_size
+  x = jnp.asarray(rng.uniform(-1, 1, (b, s, s, config.model.channels)), jnp.float32)
+  eps, z_p = ts.draw_noise(state.rng, state.step, b, config.model.z_dim, None)
+  return state, x, eps, z_p
+
+
+def _app(net, params, stats, *a, **kw):
+  out, upd = net.apply({"params": params, "batch_stats": stats}, *a, train=True,
+                       mutable=["batch_stats"], **kw)
+  return out
+
+
+def reference_group_losses(config, state, x, eps, z_p):
+  """{group: loss_fn(group_params)}: each group's own loss, written plainly."""
+  arch = models.Architecture.from_config(config.model)
+  nets = models.Networks.create(arch)
+  kind, gamma = config.kind, config.gamma
+  st = state.batch_stats
+  b = x.shape[0]
+
+  def terms(pe, pd, pD):
+    out = {}
+    if kind != "gan":
+      mu, logvar = _app(nets.encoder, pe, st["encoder"], x)
+      z = mu + jnp.exp(0.5 * logvar) * eps
+      out["kl"] = jnp.mean(-0.5 * jnp.sum(1 + logvar - mu**2 - jnp.exp(logvar), -1))
+      x_t = _app(nets.decoder, pd, st["decoder"], z)
+      if kind == "vae":
+        out["llike"] = jnp.mean(0.5 * jnp.sum((x_t - x) ** 2, (1, 2, 3)) / config.pixel_sigma**2)
+        return out
+      f = _app(nets.discriminator, pD, st["discriminator"], jnp.concatenate([x_t, x]),
+               features_only=True)
+      out["llike"] = jnp.mean(0.5 * jnp.sum((f[:b] - jax.lax.stop_gradient(f[b:])) ** 2,
+                                            (1, 2, 3)))
+      fz = jnp.concatenate([z, z_p]) if config.recon_in_gan else z_p
+    else:
+      fz = z_p
+    fakes = _app(nets.decoder, pd, st["decoder"], fz)
+    logits, _ = _app(nets.discriminator, pD, st["discriminator"], jnp.concatenate([x, fakes]))
+    groups = jnp.split(logits[b:], fakes.shape[0] // b)
+    out["bce"] = (jnp.mean(-jax.nn.log_sigmoid(logits[:b])) +
+                  sum(jnp.mean(-jax.nn.log_sigmoid(-g)) for g in groups))
+    out["ns"] = sum(jnp.mean(-jax.nn.log_sigmoid(g)) for g in groups)
+    return out
+
+  p = state.params
+  pe, pd, pD = p.get("encoder"), p.get("decoder"), p.get("discriminator")
+  losses = {}
+  if kind != "gan":
+    losses["encoder"] = lambda q: (lambda t: t["kl"] + t["llike"])(terms(q, pd, pD))
+  if kind == "vae":
+    losses["decoder"] = lambda q: terms(pe, q, pD)["llike"]
+    return losses
+  w = gamma if kind == "vaegan" else 1.0
+
+  def dec_loss(q):
+    t = terms(pe, q, pD)
+    llike = w * t["llike"] if kind != "gan" else 0.0
+    if kind == "vae_dis_l":
+      return llike
+    return llike + (t["ns"] if config.gan_form == "non_saturating" else -t["bce"])
+
+  losses["decoder"] = dec_loss
+  losses["discriminator"] = lambda q: terms(pe, pd, q)["bce"]
+  return losses
+
+
+def _routed_grads(config, state, x, eps, z_p):
+  arch = models.Architecture.from_config(config.model)
+  lc = ts.LossConfig.from_config(config)
+  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), lc=lc)
+  return jax.jit(jax.grad(lambda p: fn(p, state.batch_stats, x, None, eps, z_p)[0]))(
+      state.params)
+
+
+def _assert_tree_close(a, b, rtol, atol_frac=1e-6):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  scale = max(float(jnp.max(jnp.abs(v))) for v in lb)
+  for u, v in zip(la, lb):
+    np.testing.assert_allclose(u, v, rtol=rtol, atol=atol_frac * scale + 1e-30)
+
+
+CASES = [
+    ("vaegan", dict()),
+    ("vaegan", dict(recon_in_gan=False)),
+    ("vaegan", dict(gan_form="non_saturating")),
+    ("vaegan", dict(gamma=0.3, recon_in_gan=False, gan_form="non_saturating")),
+    ("vae", dict()),
+    ("gan", dict()),
+    ("gan", dict(gan_form="non_saturating")),
+    ("vae_dis_l", dict()),
+]
+
+
+@pytest.mark.parametrize("kind,kw", CASES)
+def test_each_group_gets_exactly_its_own_gradient(kind, kw):
+  config = _config(kind, **kw)
+  state, x, eps, z_p = _setup(config)
+  routed = _routed_grads(config, state, x, eps, z_p)
+  refs = reference_group_losses(config, state, x, eps, z_p)
+  assert set(routed) == set(refs) == set(ts.GROUPS[kind])
+  for group, loss in refs.items():
+    ref = jax.jit(jax.grad(loss))(state.params[group])
+    _assert_tree_close(routed[group], ref, rtol=2e-4)
+
+
+def test_train_step_applies_rmsprop_to_each_groups_own_gradient():
+  config = _config("vaegan")
+  state, x, eps, z_p = _setup(config)
+  new_state, metrics = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))(
+      state, {"image": x})
+  refs = reference_group_losses(config, state, x, eps, z_p)
+  tx = optax.scale_by_rms(decay=config.rmsprop_decay, eps=config.rmsprop_eps, eps_in_sqrt=False)
+  for group, loss in refs.items():
+    g = jax.grad(loss)(state.params[group])
+    d, _ = tx.update(g, tx.init(state.params[group]))
+    expected = jax.tree.map(lambda p, u: p - config.learning_rate * u, state.params[group], d)
+    _assert_tree_close(new_state.params[group], expected, rtol=1e-4, atol_frac=1e-5)
+  assert int(new_state.step) == 1
+  assert float(metrics["skipped_decoder"]) == 0.0
+
+
+def test_gan_loss_never_reaches_encoder():
+  # Changing the Dis layers above Dis_l changes L_GAN but not L_llike: the
+  # encoder's gradient must not change by a single bit.
+  config = _config("vaegan", gan_form="non_saturating")
+  state, x, eps, z_p = _setup(config)
+  g0 = _routed_grads(config, state, x, eps, z_p)["encoder"]
+  dis = dict(state.params["discriminator"])
+  for name in ("dense", "logit_head", "bn_dense"):
+    dis[name] = jax.tree.map(lambda a: a * 3.0 + 0.5, dis[name])
+  params = dict(state.params, discriminator=dis)
+  g1 = _routed_grads(config, state.replace(params=params), x, eps, z_p)["encoder"]
+  jax.tree.map(np.testing.assert_array_equal, g0, g1)
+
+
+def test_llike_never_reaches_discriminator():
+  # With reconstructions kept out of the GAN term, eps only moves x~ and so
+  # L_llike; the discriminator's gradient must stay bit-identical.
+  config = _config("vaegan", recon_in_gan=False)
+  state, x, eps, z_p = _setup(config)
+  g0 = _routed_grads(config, state, x, eps, z_p)
+  g1 = _routed_grads(config, state, x, eps * 2.0 + 1.0, z_p)
+  assert not np.allclose(g0["encoder"]["mu_head"]["kernel"], g1["encoder"]["mu_head"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, g0["discriminator"], g1["discriminator"])
+
+
+def test_gamma_scales_only_decoder_llike_gradient():
+  # Dec(vaegan, gamma) = gamma * Dec(vae_dis_l: L_llike alone) + Dec(gan: NS alone),
+  # and gamma never reaches the encoder.
+  kw = dict(recon_in_gan=False, gan_form="non_saturating")
+  config_l = _config("vae_dis_l", **kw)
+  config_g = _config("gan", **kw)
+  config_vg = _config("vaegan", gamma=0.25, **kw)
+  state, x, eps, z_p = _setup(config_vg)
+  gl = _routed_grads(config_l, state, x, eps, z_p)
+  gg = _routed_grads(config_g, state, x, eps, z_p)
+  gvg = _routed_grads(config_vg, state, x, eps, z_p)
+  _assert_tree_close(gvg["encoder"], gl["encoder"], rtol=1e-5)
+  expected = jax.tree.map(lambda a, b: 0.25 * a + b, gl["decoder"], gg["decoder"])
+  _assert_tree_close(gvg["decoder"], expected, rtol=2e-4)
+  jax.tree.map(np.testing.assert_array_equal, gg["discriminator"], gvg["discriminator"])
+
+
+def test_balance_rule():
+  lc = ts.LossConfig(balance=True)
+  f = lambda r, fk: {k: bool(v) for k, v in ts._balance_flags(
+      {"gan_bce": 0.0, "balance_real_cost": jnp.float32(r),
+       "balance_fake_cost": jnp.float32(fk)}, lc).items()}
+  assert f(0.7, 0.7) == {"decoder": True, "discriminator": True}
+  assert f(0.2, 0.7) == {"decoder": True, "discriminator": False}  # Dis too good
+  assert f(0.7, 1.2) == {"decoder": False, "discriminator": True}  # Dec too bad
+  assert f(0.2, 1.2) == {"decoder": True, "discriminator": True}  # both -> both
+  off = ts.LossConfig(balance=False)
+  assert all(bool(v) for v in ts._balance_flags(
+      {"gan_bce": 0.0, "balance_real_cost": 0.0, "balance_fake_cost": 9.0}, off).values())
+
+
+def test_balance_rule_skips_discriminator_update_in_step():
+  config = _config("vaegan", balance=True, balance_equilibrium=100.0, balance_margin=1.0)
+  # Costs are far below 99: Dis is "too good" -> its update is skipped.
+  state, x, _, _ = _setup(config)
+  new, m = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))(
+      state, {"image": x})
+  assert float(m["skipped_discriminator"]) == 1.0 and float(m["skipped_decoder"]) == 0.0
+  jax.tree.map(np.testing.assert_array_equal, new.params["discriminator"],
+               state.params["discriminator"])
+  assert not np.allclose(new.params["decoder"]["out_conv"]["kernel"],
+                         state.params["decoder"]["out_conv"]["kernel"])
+
+
+def test_nonfinite_loss_freezes_state_and_records_step():
+  config = _config("vaegan")
+  state, x, _, _ = _setup(config)
+  step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
+  state, _ = step(state, {"image": x})
+  bad_x = x.at[0, 0, 0, 0].set(jnp.nan)
+  new, _ = step(state, {"image": bad_x})
+  assert int(new.bad_step) == 1
+  assert "kl_prior" in ts.bad_terms_names(int(new.bad_terms))
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
+  newer, _ = step(new, {"image": x})  # stays frozen at the last good state
+  jax.tree.map(np.testing.assert_array_equal, newer.params, state.params)
+  assert int(newer.bad_step) == 1
