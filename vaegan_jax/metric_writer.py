@@ -1,0 +1,59 @@
+"""Where training metrics go: console, TensorBoard events, metrics.jsonl, PNG grids.
+
+Only process 0 writes (``enabled=False`` elsewhere). TensorBoard event files
+are written with tensorboardX, so no TensorFlow is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Optional
+
+import numpy as np
+from absl import logging
+
+from vaegan_jax import image_grid
+
+
+class MetricWriter:
+  """Writes scalars and image grids for one workdir."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float],
+                    console_extra: Optional[str] = None) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in scalars.items()}
+    for k, v in clean.items():
+      self._tb.add_scalar(k, v, step)
+    self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+    self._jsonl.flush()
+    keys = [k for k in ("kl_prior", "llike", "gan_bce", "dec_gan", "dis_accuracy")
+            if k in clean]
+    text = " ".join(f"{k}={clean[k]:.4g}" for k in keys)
+    logging.info("step %d %s %s", step, text, console_extra or "")
+
+  def write_grid(self, step: int, name: str, images: np.ndarray, ncols: int) -> str:
+    """Writes images (N, H, W, C) in [-1, 1] as samples/<name>_<step>.png and to TensorBoard."""
+    if not self.enabled:
+      return ""
+    grid = image_grid.make_grid(np.asarray(images), ncols)
+    path = os.path.join(self.workdir, "samples", f"{name}_{step:07d}.png")
+    image_grid.save_png(path, grid)
+    self._tb.add_image(name, grid, step, dataformats="HWC")
+    return path
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
