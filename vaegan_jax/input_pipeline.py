@@ -55,6 +55,7 @@ import functools
 import io
 import os
 import posixpath
+import sys
 import threading
 import zipfile
 from typing import Any, Iterator, Sequence
@@ -841,4 +842,5 @@ def _iterate(source: Source, cfg: Any, b_global: int, seed: int, step: int,
     # Runs on close() / garbage collection of the generator.
     for future in pending:
       future.cancel()
-    executor.shutdown(wait=False, cancel_futures=True)
+    if not sys.is_finalizing():  # at interpreter exit the pool is torn down anyway
+      executor.shutdown(wait=False, cancel_futures=True)
