@@ -16,6 +16,7 @@ import pytest
 
 from experiments.configs import tiny
 from vaegan_jax import models
+from vaegan_jax import reference
 from vaegan_jax import train_step as ts
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -39,65 +40,9 @@ def _setup(config, seed=0, b=8):
   return state, x, eps, z_p
 
 
-def _app(net, params, stats, *a, **kw):
-  out, upd = net.apply({"params": params, "batch_stats": stats}, *a, train=True,
-                       mutable=["batch_stats"], **kw)
-  return out
-
-
 def reference_group_losses(config, state, x, eps, z_p):
   """{group: loss_fn(group_params)}: each group's own loss, written plainly."""
-  arch = models.Architecture.from_config(config.model)
-  nets = models.Networks.create(arch)
-  kind, gamma = config.kind, config.gamma
-  st = state.batch_stats
-  b = x.shape[0]
-
-  def terms(pe, pd, pD):
-    out = {}
-    if kind != "gan":
-      mu, logvar = _app(nets.encoder, pe, st["encoder"], x)
-      z = mu + jnp.exp(0.5 * logvar) * eps
-      out["kl"] = jnp.mean(-0.5 * jnp.sum(1 + logvar - mu**2 - jnp.exp(logvar), -1))
-      x_t = _app(nets.decoder, pd, st["decoder"], z)
-      if kind == "vae":
-        out["llike"] = jnp.mean(0.5 * jnp.sum((x_t - x) ** 2, (1, 2, 3)) / config.pixel_sigma**2)
-        return out
-      f = _app(nets.discriminator, pD, st["discriminator"], jnp.concatenate([x_t, x]),
-               features_only=True)
-      out["llike"] = jnp.mean(0.5 * jnp.sum((f[:b] - jax.lax.stop_gradient(f[b:])) ** 2,
-                                            (1, 2, 3)))
-      fz = jnp.concatenate([z, z_p]) if config.recon_in_gan else z_p
-    else:
-      fz = z_p
-    fakes = _app(nets.decoder, pd, st["decoder"], fz)
-    logits, _ = _app(nets.discriminator, pD, st["discriminator"], jnp.concatenate([x, fakes]))
-    groups = jnp.split(logits[b:], fakes.shape[0] // b)
-    out["bce"] = (jnp.mean(-jax.nn.log_sigmoid(logits[:b])) +
-                  sum(jnp.mean(-jax.nn.log_sigmoid(-g)) for g in groups))
-    out["ns"] = sum(jnp.mean(-jax.nn.log_sigmoid(g)) for g in groups)
-    return out
-
-  p = state.params
-  pe, pd, pD = p.get("encoder"), p.get("decoder"), p.get("discriminator")
-  losses = {}
-  if kind != "gan":
-    losses["encoder"] = lambda q: (lambda t: t["kl"] + t["llike"])(terms(q, pd, pD))
-  if kind == "vae":
-    losses["decoder"] = lambda q: terms(pe, q, pD)["llike"]
-    return losses
-  w = gamma if kind == "vaegan" else 1.0
-
-  def dec_loss(q):
-    t = terms(pe, q, pD)
-    llike = w * t["llike"] if kind != "gan" else 0.0
-    if kind == "vae_dis_l":
-      return llike
-    return llike + (t["ns"] if config.gan_form == "non_saturating" else -t["bce"])
-
-  losses["decoder"] = dec_loss
-  losses["discriminator"] = lambda q: terms(pe, pd, q)["bce"]
-  return losses
+  return reference.group_losses(config, state.params, state.batch_stats, x, eps, z_p)
 
 
 def _routed_grads(config, state, x, eps, z_p):
@@ -239,3 +184,17 @@ def test_nonfinite_loss_freezes_state_and_records_step():
   newer, _ = step(new, {"image": x})  # stays frozen at the last good state
   jax.tree.map(np.testing.assert_array_equal, newer.params, state.params)
   assert int(newer.bad_step) == 1
+
+
+def test_conditional_model_routing():
+  config = _config("vaegan", gan_form="non_saturating")
+  config.model.num_attributes = 3
+  state, x, eps, z_p = _setup(config)
+  y = jnp.asarray(np.random.RandomState(1).randint(0, 2, (x.shape[0], 3)), jnp.float32)
+  arch = models.Architecture.from_config(config.model)
+  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch),
+                         lc=ts.LossConfig.from_config(config))
+  routed = jax.jit(jax.grad(lambda p: fn(p, state.batch_stats, x, y, eps, z_p)[0]))(state.params)
+  refs = reference.group_losses(config, state.params, state.batch_stats, x, eps, z_p, y)
+  for group, loss in refs.items():
+    _assert_tree_close(routed[group], jax.jit(jax.grad(loss))(state.params[group]), rtol=2e-4)

@@ -1,0 +1,206 @@
+r"""Benchmarks the train step: images/s, compile time, FLOPs, FLOP/s vs matmul peak, memory.
+
+  python -m experiments.benchmark --json_out=/tmp/bench.json
+  python -m experiments.benchmark --rows=paper64_vaegan --dtype=bfloat16 --batch_size=256
+
+For each row it times the full pmapped train step (the one training runs)
+over ``--steps`` steps after warm-up and reports the median and spread. FLOPs
+come from XLA's cost analysis of the compiled step; the fraction is taken
+against a jitted square matmul timed in the same run. It also times the
+routed single-backward step against the naive step (three
+``jax.value_and_grad`` calls, one per network), and the input pipeline alone.
+Needs no TensorFlow, so it runs on the GPU machine too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+
+from experiments.configs import celeba_vaegan
+from experiments.configs import default
+from vaegan_jax import input_pipeline
+from vaegan_jax import parallel
+from vaegan_jax import reference
+from vaegan_jax import train_step as ts
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("rows", ["paper64_vaegan", "paper64_vae", "paper64_gan",
+                           "paper64_vae_dis_l", "default32_vaegan"], "Rows to time.")
+flags.DEFINE_integer("steps", 20, "Timed steps per row (after warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "fast"], "Conv implementation.")
+flags.DEFINE_bool("naive", True, "Also time the naive three-gradient step (routed rows only).")
+flags.DEFINE_bool("input_pipeline", True, "Also time the digits input pipeline alone.")
+flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
+
+
+def row_config(name: str) -> ml_collections.ConfigDict:
+  model, kind = name.split("_", 1)
+  c = {"paper64": celeba_vaegan, "default32": default}[model].get_config()
+  c.kind = kind
+  c.batch_size = FLAGS.batch_size
+  c.model.dtype = FLAGS.dtype
+  c.model.conv_impl = FLAGS.conv_impl
+  return c
+
+
+def matmul_rate(dtype: str, n: int = 2048, reps: int = 10) -> float:
+  """FLOP/s of a jitted n x n matmul (the machine's practical peak)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, a).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / float(np.median(times))
+
+
+def _time(fn: Callable[[], object], steps: int, warmup: int) -> np.ndarray:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return np.asarray(times)
+
+
+def _batch(config, n: int) -> dict:
+  s, c = config.model.image_size, config.model.channels
+  return {"image": np.random.RandomState(0).uniform(-1, 1, (n, s, s, c)).astype(np.float32)}
+
+
+def _memory(compiled) -> float:
+  """Peak bytes XLA plans for the step: arguments + outputs + temporaries - aliased."""
+  try:
+    m = compiled.memory_analysis()
+    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+                 m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return float("nan")
+
+
+def bench_row(name: str, peak: float) -> dict:
+  config = row_config(name)
+  state = ts.create_train_state(config, jax.random.PRNGKey(0))
+  b = config.batch_size
+  # FLOPs and memory from the single-device jitted step (what each device runs).
+  one = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None),
+                donate_argnums=(0,))
+  per_dev = _batch(config, b // jax.device_count())
+  t = time.perf_counter()
+  compiled = one.lower(state, per_dev).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) * jax.device_count()
+
+  step = ts.make_pmapped_step(config)
+  rstate = [parallel.replicate(state)]
+  batch = parallel.shard(_batch(config, b))
+
+  def run():
+    rstate[0], m = step(rstate[0], batch)
+    return m
+
+  jax.block_until_ready(run())  # compile the pmapped step
+  times = _time(run, FLAGS.steps, FLAGS.warmup)
+  med = float(np.median(times))
+  row = dict(row=name, kind=config.kind, image_size=config.model.image_size, batch=b,
+             dtype=config.model.dtype, step_s_median=med,
+             step_s_p10=float(np.percentile(times, 10)),
+             step_s_p90=float(np.percentile(times, 90)),
+             images_per_s=b / med, compile_s=compile_s, flops_per_step=flops,
+             flops_per_s=flops / med, fraction_of_matmul_peak=flops / med / peak,
+             peak_memory_gib=_memory(compiled) / 2**30)
+  if FLAGS.naive and config.kind in ("vaegan", "vae_dis_l", "gan"):
+    row.update(bench_naive(config, state))
+  return row
+
+
+def bench_naive(config, state) -> dict:
+  """Routed vs naive: gradient computations only, same inputs, single device."""
+  arch_z = config.model.z_dim
+  b = config.batch_size // jax.device_count()
+  x = jnp.asarray(_batch(config, b)["image"])
+  eps, z_p = ts.draw_noise(state.rng, state.step, b, arch_z, None)
+  from vaegan_jax import models  # pylint: disable=g-import-not-at-top
+  nets = models.Networks.create(models.Architecture.from_config(config.model))
+  lc = ts.LossConfig.from_config(config)
+
+  routed = jax.jit(lambda p: jax.grad(
+      lambda q: ts.routed_loss(q, state.batch_stats, x, None, eps, z_p, nets=nets, lc=lc)[0])(p))
+  naive = jax.jit(lambda p: reference.naive_grads(config, p, state.batch_stats, x, eps, z_p))
+  out = {}
+  for label, fn in (("routed", routed), ("naive", naive)):
+    jax.block_until_ready(fn(state.params))
+    times = _time(lambda: fn(state.params), max(5, FLAGS.steps // 2), 1)
+    out[f"{label}_grad_s_median"] = float(np.median(times))
+  out["naive_over_routed"] = out["naive_grad_s_median"] / out["routed_grad_s_median"]
+  return out
+
+
+def bench_input_pipeline(batch_size: int, batches: int = 50) -> dict:
+  c = default.get_config()
+  it = input_pipeline.batch_iterator(c.data, "train", batch_size, seed=0)
+  next(it)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  dt = time.perf_counter() - t
+  return dict(row="input_pipeline_digits", images_per_s=batches * batch_size / dt)
+
+
+def _fmt(rows: list[dict], peak: float) -> str:
+  head = (f"{'row':<20} {'img/s':>8} {'step s (p10-p90)':>20} {'compile s':>9} "
+          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'naive/routed':>12}")
+  lines = [f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+           f"matmul peak {peak / 1e9:.0f} GFLOP/s ({FLAGS.dtype})", head, "-" * len(head)]
+  for r in rows:
+    if "step_s_median" not in r:
+      lines.append(f"{r['row']:<20} {r['images_per_s']:>8.0f}")
+      continue
+    ratio = r.get("naive_over_routed")
+    lines.append(
+        f"{r['row']:<20} {r['images_per_s']:>8.1f} "
+        f"{r['step_s_median']:>7.3f} ({r['step_s_p10']:.3f}-{r['step_s_p90']:.3f}) "
+        f"{r['compile_s']:>9.1f} {r['flops_per_step'] / 1e9:>10.1f} "
+        f"{r['flops_per_s'] / 1e9:>8.1f} {100 * r['fraction_of_matmul_peak']:>6.1f}% "
+        f"{r['peak_memory_gib']:>8.2f} {'' if ratio is None else f'{ratio:.2f}x':>12}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  peak = matmul_rate(FLAGS.dtype)
+  rows = []
+  for name in FLAGS.rows:
+    rows.append(bench_row(name, peak))
+    print(_fmt(rows[-1:], peak).splitlines()[-1], flush=True)
+  if FLAGS.input_pipeline:
+    rows.append(bench_input_pipeline(FLAGS.batch_size))
+  print(_fmt(rows, peak))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      json.dump(dict(device=jax.devices()[0].device_kind, device_count=jax.device_count(),
+                     backend=jax.default_backend(), jax_version=jax.__version__,
+                     matmul_peak_flops=peak, dtype=FLAGS.dtype, rows=rows), f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
