@@ -132,3 +132,13 @@ def test_bad_config_is_one_clear_line_before_compiling(tmp_path, flags, message)
   assert last.startswith("error: ") and message in last, r.stderr[-1500:]
   assert "Traceback" not in r.stderr
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_resume_with_mismatching_architecture_is_one_clear_error(tmp_path):
+  wd = str(tmp_path)
+  train.train_and_evaluate(_config(num_train_steps=2), wd)
+  c = _config(num_train_steps=4)
+  c.model.z_dim = 4
+  with pytest.raises(checkpoint.CheckpointError, match=r"does not match the model built from"):
+    train.train_and_evaluate(c, wd)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2"]

@@ -67,7 +67,29 @@ def restore_state(mngr: ocp.CheckpointManager, template: ts.TrainState,
         f"Checkpoint step {step} in {mngr.directory} does not match the model built from "
         f"the config ({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the config "
         "saved with it or a fresh --workdir.") from e
-  return jax.tree.map(np.asarray, restored.state)
+  except OSError as e:  # e.g. a half-deleted checkpoint directory
+    raise CheckpointError(f"Cannot read checkpoint {step} in {mngr.directory} "
+                          f"({type(e).__name__}: {e}).") from e
+  state = jax.tree.map(np.asarray, restored.state)
+  _check_matches(state, _abstract(template), f"Checkpoint step {step} in {mngr.directory}")
+  return state
+
+
+def _check_matches(state, expected, what: str) -> None:
+  """Orbax restores arrays at their *saved* shapes whatever the template says, so
+  compare every leaf's path, shape and dtype with the model the config builds."""
+  want = jax.tree_util.tree_flatten_with_path(expected)[0]
+  got = jax.tree_util.tree_flatten_with_path(state)[0]
+  if [p for p, _ in want] != [p for p, _ in got]:
+    raise CheckpointError(f"{what} does not match the model built from the config (different "
+                          "parameter tree); use the config saved with it or a fresh --workdir.")
+  for (p, w), (_, g) in zip(want, got):
+    if tuple(w.shape) != np.shape(g) or np.dtype(w.dtype) != g.dtype:
+      raise CheckpointError(
+          f"{what} does not match the model built from the config: "
+          f"{jax.tree_util.keystr(p)} is {np.shape(g)} {g.dtype} in the checkpoint but "
+          f"{tuple(w.shape)} {w.dtype} in the model; use the config saved with it or a fresh "
+          "--workdir.")
 
 
 def read_config(workdir: str, step: Optional[int] = None) -> tuple[ml_collections.ConfigDict, int]:

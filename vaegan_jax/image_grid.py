@@ -85,6 +85,7 @@ def save_png(path: str, grid) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       img.save(f, format='PNG')
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; grids are for everyone to read
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -12,6 +12,7 @@ discriminator's conv stack with 40 sigmoid outputs (see
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from experiments.configs import celeba_vaegan
 
@@ -20,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = celeba_vaegan.get_config().data
+  # Typed placeholders (None by default) so that --config.data.manual_dir=...
+  # works: ml_collections cannot override a plain None field from the command line.
+  c.data.manual_dir = config_dict.placeholder(str)
+  c.data.data_dir = config_dict.placeholder(str)
   # 'validation' for model selection; the generators are compared on 'test'.
   c.data.eval_split = "validation"
   c.model = ml_collections.ConfigDict(dict(

@@ -6,6 +6,7 @@ Every field is overridable, e.g. ``--config.batch_size=128 --config.gamma=1e-5``
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -40,9 +41,12 @@ def get_config() -> ml_collections.ConfigDict:
       init="default", conv_impl="auto", dtype="float32"))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="digits", image_size=32, channels=1, data_dir=None, manual_dir=None,
-      folder=None, hflip=False, train_split="train", eval_split="test",
-      num_examples=0))
+      name="digits", image_size=32, channels=1, hflip=False, train_split="train",
+      eval_split="test", num_examples=0))
+  # Typed placeholders (None by default) so --config.data.manual_dir=DIR works.
+  c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir (mnist, cifar10)
+  c.data.manual_dir = config_dict.placeholder(str)  # CelebA's manual files
+  c.data.folder = config_dict.placeholder(str)  # 'folder' dataset
 
   c.batch_size = 64
   c.num_train_steps = 3000

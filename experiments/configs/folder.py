@@ -9,6 +9,6 @@ from experiments.configs import celeba_vaegan
 
 def get_config():
   c = celeba_vaegan.get_config()
-  c.data.update(dict(name="folder", folder="", hflip=True, train_split="train",
+  c.data.update(dict(name="folder", hflip=True, train_split="train",
                      eval_split="test"))
   return c

@@ -1,0 +1,213 @@
+"""The sampling binary (experiments/sample.py) on a tiny trained checkpoint.
+
+One tiny VAE-GAN is trained for 4 steps on the embedded digits (16x16x1) with
+``train.train_and_evaluate``; the binary then runs as a subprocess (flag
+parsing, exit status) and in-process through ``sample.run`` (cheaper). Other
+checkpoints (a 'gan', a conditional model, missing data) are derived from that
+one by editing its state or config: compiling another model would be slow.
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import sample
+from experiments.configs import tiny
+from vaegan_jax import checkpoint
+from vaegan_jax import image_grid
+from vaegan_jax import input_pipeline
+from vaegan_jax import sampling
+from vaegan_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S, Z, PAD = 16, 8, 2  # tiny config: image size, z_dim; make_grid padding.
+NUM, PATHS, STEPS, SEED = 16, 3, 5, 3
+FLAGS = dict(num=NUM, num_interpolations=PATHS, interpolation_steps=STEPS, seed=SEED)
+OUTPUTS = ("samples.png", "samples_z.npy", "reconstructions.png", "reconstructions_z.npy",
+           "interpolations.png", "interpolations_z.npy")
+
+
+def _config(model=None, data=None, **kw):
+  c = tiny.get_config()
+  c.model.conv_impl = "xla"
+  c.num_train_steps, c.checkpoint_every, c.log_every, c.sample_every = 4, 4, 2, 4
+  c.model.update(model or {})
+  c.data.update(data or {})
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("vaegan"))
+  train.train_and_evaluate(_config(), wd)
+  return wd
+
+
+def _derived_checkpoint(workdir, wd, drop=(), **changes):
+  """Copies ``workdir``'s checkpoint into ``wd`` with groups dropped / config changed.
+
+  Cheaper than training or initialising another model (no compilation).
+  ``changes`` maps 'model.x' / 'data.x' / 'x' to new config values.
+  """
+  state, config = checkpoint.restore_for_inference(workdir)
+  keep = lambda d: {g: v for g, v in d.items() if g not in drop}
+  state = state.replace(params=keep(state.params), batch_stats=keep(state.batch_stats),
+                        opt_state=keep(state.opt_state))
+  for key, value in changes.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  mngr = checkpoint.manager(wd, async_save=False)
+  checkpoint.save(mngr, state, config)
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def _grid_size(rows, cols, s=S):
+  """(width, height) of a make_grid image."""
+  return (cols * (s + PAD) + PAD, rows * (s + PAD) + PAD)
+
+
+def _tile(grid, r, c, s=S):
+  top, left = PAD + r * (s + PAD), PAD + c * (s + PAD)
+  return grid[top:top + s, left:left + s]
+
+
+def _run_subprocess(*args):
+  cmd = [sys.executable, "-m", "experiments.sample", *args]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_outputs_shapes_content_and_determinism(workdir, tmp_path):
+  out1, out2, out3 = (str(tmp_path / d) for d in ("sub", "inproc", "mean"))
+  proc = _run_subprocess(f"--workdir={workdir}", f"--outdir={out1}",
+                         *(f"--{k}={v}" for k, v in FLAGS.items()))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(out1)) == sorted(OUTPUTS)
+  written = sample.run(workdir, out2, **FLAGS)
+  assert sorted(written) == sorted(OUTPUTS)
+  # Fixed seed -> identical files, byte for byte, across processes.
+  for name in OUTPUTS:
+    with open(os.path.join(out1, name), "rb") as a, open(os.path.join(out2, name), "rb") as b:
+      assert a.read() == b.read(), name
+
+  grids = {n: np.asarray(Image.open(os.path.join(out1, f"{n}.png")))
+           for n in ("samples", "reconstructions", "interpolations")}
+  codes = {n: np.load(os.path.join(out1, f"{n}_z.npy"))
+           for n in ("samples", "reconstructions", "interpolations")}
+  sizes = {"samples": _grid_size(4, 4), "reconstructions": _grid_size(8, 4),
+           "interpolations": _grid_size(PATHS, STEPS)}
+  for n, grid in grids.items():
+    img = Image.open(os.path.join(out1, f"{n}.png"))
+    assert img.mode == "L" and img.size == sizes[n], n
+    assert grid.dtype == np.uint8
+    assert (grid[:PAD] == 255).all() and (grid[:, :PAD] == 255).all(), n  # padding
+    tiles = np.stack([_tile(grid, 0, c) for c in range(2)])
+    assert tiles.std() > 1.0, n  # not blank
+  assert codes["samples"].shape == (NUM, Z)
+  assert codes["reconstructions"].shape == (NUM, Z)
+  assert codes["interpolations"].shape == (PATHS, STEPS, Z)
+  for z in codes.values():
+    assert z.dtype == np.float32 and np.isfinite(z).all()
+  assert 0.6 < codes["samples"].std() < 1.4  # z ~ N(0, I)
+
+  # reconstructions.png: rows of held-out inputs (the eval split's first
+  # images, unflipped) above rows of Dec(z) of the saved codes.
+  state, config = checkpoint.restore_for_inference(workdir)
+  sampler = sampling.Sampler.from_state(config, state)
+  x = next(iter(sampling.dataset_batches(config.data, "test", NUM, NUM)))["image"]
+  rec = image_grid.to_uint8(sampler.decode(codes["reconstructions"]))
+  grid = grids["reconstructions"]
+  for i in range(NUM):
+    r, c = divmod(i, 4)
+    np.testing.assert_array_equal(_tile(grid, 2 * r, c)[..., None], image_grid.to_uint8(x[i]))
+    assert np.abs(_tile(grid, 2 * r + 1, c).astype(int) - rec[i, ..., 0]).max() <= 1
+  # Encoder noise (no --use_mean): codes differ from mu but stay near it.
+  mu = np.asarray(sampler.encode(x))
+  assert not np.allclose(codes["reconstructions"], mu, atol=1e-4)
+
+  # --use_mean and --temperature: codes are mu, paths join mu's, z scales.
+  sample.run(workdir, out3, use_mean=True, temperature=0.5, interpolation="linear", **FLAGS)
+  np.testing.assert_allclose(np.load(os.path.join(out3, "reconstructions_z.npy")), mu,
+                             atol=1e-5)
+  path = np.load(os.path.join(out3, "interpolations_z.npy"))
+  np.testing.assert_allclose(path[:, 0], mu[:PATHS], atol=1e-5)
+  np.testing.assert_allclose(path[:, -1], mu[PATHS:2 * PATHS], atol=1e-5)
+  np.testing.assert_allclose(path[:, 2], 0.5 * (mu[:PATHS] + mu[PATHS:2 * PATHS]), atol=1e-5)
+  np.testing.assert_allclose(np.load(os.path.join(out3, "samples_z.npy")),
+                             0.5 * codes["samples"], rtol=1e-6)
+
+
+def test_bad_workdir_one_line_error(tmp_path):
+  out = tmp_path / "out"
+  proc = _run_subprocess(f"--workdir={tmp_path / 'missing'}", f"--outdir={out}")
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: No checkpoint in "), proc.stderr
+  assert not out.exists()
+
+
+def test_user_errors_write_nothing(workdir, tmp_path):
+  out = tmp_path / "out"
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint for step 7"):
+    sample.run(workdir, str(out), step=7)
+  # --attributes on a dataset without attributes fails before decoding.
+  with pytest.raises(sample.SampleError, match="'digits' has none"):
+    sample.run(workdir, str(out), attributes=True)
+  # A checkpoint whose saved config no longer matches its state.
+  bad = str(tmp_path / "bad")
+  shutil.copytree(workdir, bad)
+  meta = os.path.join(bad, "checkpoints", "4", "config", "metadata")
+  with open(meta) as f:
+    saved = json.load(f)
+  saved["model"]["z_dim"] = 12
+  with open(meta, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(checkpoint.CheckpointError, match="does not match") as e:
+    sample.run(bad, str(out))
+  assert "\n" not in str(e.value)
+  # A conditional checkpoint whose data have no attributes (a config-only
+  # check: it fires before the arrays are read).
+  cond = str(tmp_path / "cond")
+  _derived_checkpoint(workdir, cond, **{"model.num_attributes": 3})
+  with pytest.raises(sample.SampleError, match="conditional on 3 attributes"):
+    sample.run(cond, str(out))
+  # Data that went missing since training (one DataError line).
+  folder = str(tmp_path / "folder")
+  _derived_checkpoint(workdir, folder, **{"data.name": "folder",
+                                          "data.folder": str(tmp_path / "gone")})
+  with pytest.raises(input_pipeline.DataError, match="does not exist"):
+    sample.run(folder, str(out))
+  # Attribute vectors of another model.
+  np.savez(str(tmp_path / "v.npz"), vectors=np.zeros((2, Z + 1)), names=np.array(["a", "b"]))
+  with pytest.raises(sample.SampleError, match="another model"):
+    sample.load_attribute_vectors(str(tmp_path / "v.npz"), Z)
+  assert not out.exists()
+
+
+def test_gan_kind_skips_reconstructions(workdir, tmp_path, caplog):
+  wd, out = str(tmp_path / "gan"), str(tmp_path / "out")
+  _derived_checkpoint(workdir, wd, drop=("encoder",), kind="gan")
+  with caplog.at_level(logging.INFO):
+    written = sample.run(wd, out, **FLAGS)
+  assert sorted(written) == ["interpolations.png", "interpolations_z.npy", "samples.png",
+                             "samples_z.npy"]
+  assert "no encoder: skipping reconstructions" in caplog.text
+  path = np.load(os.path.join(out, "interpolations_z.npy"))
+  assert path.shape == (PATHS, STEPS, Z)
+  # Between prior samples: endpoints are N(0, I) draws, distinct per path.
+  assert np.abs(path[:, 0] - path[:, -1]).min() > 0
+  with pytest.raises(sample.SampleError, match="needs an encoder"):
+    sample.run(wd, str(tmp_path / "out2"), attributes=True)

@@ -1,0 +1,511 @@
+"""Attribute classifier and the attribute-similarity metric (paper Sec. 5.3).
+
+Larsen et al. (2016) evaluate attribute-conditional generators (GAN, VAE,
+VAE-GAN, all conditioned on an attribute vector y) with a separate attribute
+classifier trained on real images: each generated image is classified, and
+the paper reports the cosine similarity and the mean squared error between y
+and the predicted attributes, with real test images as the reference row.
+The paper used LFW; here the data are whatever ``config.data`` names (CelebA
+with its 40 binary attributes by default).
+
+The classifier is the discriminator's conv stack with A outputs:
+
+  x (B, S, S, C) in [-1, 1]
+  -> conv ``first`` (5x5, stride 1, bias), ReLU
+  -> for w in ``widths``: conv w (5x5, stride 2, pad 2, no bias), BN, ReLU
+  -> flatten -> dense ``dense`` (no bias), BN, ReLU
+  -> dense A (bias): logits (B, A); P(attribute a) = sigmoid(logit a)
+
+trained with the sigmoid binary cross-entropy against labels y in {0, 1},
+averaged over examples and attributes, with Adam. It runs on one device
+(``jax.jit``): it is small and this keeps it simple.
+
+Checkpoints: ``workdir/classifier/<step>/{state,config}`` (Orbax; config as
+JSON, including the dataset's ``attribute_names``), written with the same
+atomic-rename guarantee as the VAE-GAN checkpoints; training resumes from the
+latest one.
+
+``attribute_similarity`` (the metric) -- for labels y (N, A) in {0, 1} and
+predicted probabilities p (N, A) in [0, 1]:
+
+  cosine = (1/N) sum_i  <y_i, p_i> / (|y_i| |p_i|)   (mean of per-example
+           cosines; an example with |y_i| |p_i| = 0, e.g. no positive label,
+           counts as cosine 0 and is reported in ``num_zero_norm``)
+  mse    = (1/(N A)) sum_{i,a} (y_ia - p_ia)^2          (mean over all entries)
+
+Probabilities, not thresholded 0/1 predictions, are compared, so a confident
+wrong prediction costs more than an unsure one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from vaegan_jax import input_pipeline
+from vaegan_jax import layers
+from vaegan_jax import sampling
+
+Array = jax.Array
+
+
+class ClassifierError(ValueError):
+  """A classifier config, data or checkpoint that can't work (one-line message)."""
+
+
+# ----------------------------------------------------------------------------
+# The metric.
+
+
+def attribute_similarity(y: Any, pred: Any) -> dict[str, float]:
+  """Cosine similarity and MSE between attribute labels and predictions.
+
+  Args:
+    y: (N, A) target attributes, {0, 1} (any reals work).
+    pred: (N, A) predicted attribute probabilities in [0, 1].
+  Returns:
+    dict with 'cosine': mean over examples of cos(y_i, pred_i) (an example
+    whose y_i or pred_i is all zero contributes 0); 'mse': mean over all N*A
+    entries of (y - pred)^2; 'num_examples': N; 'num_zero_norm': how many
+    examples had a zero-norm y_i or pred_i. Computed in float64 on the host.
+  """
+  y = np.asarray(y, np.float64)
+  p = np.asarray(pred, np.float64)
+  if y.ndim != 2 or y.shape != p.shape or y.shape[0] == 0:
+    raise ValueError(f'Need y and pred of the same shape (N, A), N > 0; got '
+                     f'{y.shape} and {p.shape}.')
+  dot = np.sum(y * p, axis=1)
+  denom = np.linalg.norm(y, axis=1) * np.linalg.norm(p, axis=1)
+  zero = denom == 0
+  cos = np.where(zero, 0.0, dot / np.where(zero, 1.0, denom))
+  return dict(cosine=float(np.mean(cos)), mse=float(np.mean((y - p) ** 2)),
+              num_examples=int(y.shape[0]), num_zero_norm=int(np.sum(zero)))
+
+
+def binary_accuracy(y: Any, pred: Any) -> float:
+  """Mean over all entries of [pred > 0.5] == [y > 0.5]."""
+  return float(np.mean((np.asarray(pred) > 0.5) == (np.asarray(y) > 0.5)))
+
+
+# ----------------------------------------------------------------------------
+# The network.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierArch:
+  """Hyper-parameters of the classifier (hashable: static under jit)."""
+  image_size: int = 64
+  channels: int = 3
+  num_attributes: int = 40
+  first: int = 32
+  widths: tuple[int, ...] = (64, 128, 256)
+  dense: int = 512
+  bn_momentum: float = 0.9
+  conv_impl: str = 'auto'  # see layers.py
+
+  @classmethod
+  def from_config(cls, config) -> 'ClassifierArch':
+    """From a classifier config (``config.model`` + ``config.data`` sizes)."""
+    m = dict(config.model)
+    names = {f.name for f in dataclasses.fields(cls)} - {'image_size', 'channels'}
+    unknown = sorted(set(m) - names)
+    if unknown:
+      raise ClassifierError(f'Unknown classifier model field(s) {unknown}; valid: '
+                            f'{sorted(names)}.')
+    if 'widths' in m:
+      m['widths'] = tuple(int(w) for w in m['widths'])
+    return cls(image_size=int(config.data.image_size),
+               channels=int(config.data.channels), **m)
+
+  def validate(self) -> None:
+    n = len(self.widths)
+    if n < 1 or self.image_size % (2 ** n):
+      raise ClassifierError(f'image_size={self.image_size} must be divisible by '
+                            f'2**len(model.widths)={2 ** n}.')
+    if self.num_attributes < 1:
+      raise ClassifierError(f'model.num_attributes must be >= 1, got '
+                            f'{self.num_attributes}.')
+    try:
+      layers.resolve_impl(self.conv_impl)
+    except ValueError as e:
+      raise ClassifierError(str(e).splitlines()[0]) from e
+
+
+class AttributeClassifier(nn.Module):
+  """x (B, S, S, C) in [-1, 1] -> attribute logits (B, A) float32."""
+  arch: ClassifierArch
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    a = self.arch
+    bn = functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=a.bn_momentum, epsilon=1e-5)
+    h = layers.Conv(a.first, strides=1, use_bias=True, impl=a.conv_impl,
+                    name='conv0')(x.astype(jnp.float32))
+    h = nn.relu(h)
+    for i, w in enumerate(a.widths, start=1):
+      h = layers.Conv(w, strides=2, use_bias=False, impl=a.conv_impl, name=f'conv{i}')(h)
+      h = nn.relu(bn(name=f'bn{i}')(h))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.Dense(a.dense, use_bias=False, name='dense')(h)
+    h = nn.relu(bn(name='bn_dense')(h))
+    return nn.Dense(a.num_attributes, name='logits')(h).astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class ClassifierState:
+  """All that training changes; every leaf an array (Orbax friendly)."""
+  step: Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+  return optax.adam(learning_rate)
+
+
+def bce_loss(logits: Array, y: Array) -> Array:
+  """Sigmoid binary cross-entropy, mean over examples and attributes."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
+
+
+def create_state(arch: ClassifierArch, learning_rate: float, rng: Array) -> ClassifierState:
+  """Freshly initialised parameters and optimizer state."""
+  model = AttributeClassifier(arch)
+  x = jnp.zeros((1, arch.image_size, arch.image_size, arch.channels), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+  params = variables['params']
+  return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
+                         batch_stats=variables['batch_stats'],
+                         opt_state=_optimizer(learning_rate).init(params))
+
+
+@functools.lru_cache(maxsize=None)
+def _train_step_fn(arch: ClassifierArch, learning_rate: float):
+  """Jitted (state, x (B,S,S,C), y (B,A)) -> (state, {'loss', 'accuracy'})."""
+  model = AttributeClassifier(arch)
+  tx = _optimizer(learning_rate)
+
+  def loss_fn(params, batch_stats, x, y):
+    logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x,
+                                   train=True, mutable=['batch_stats'])
+    return bce_loss(logits, y), (logits, new_vars['batch_stats'])
+
+  @jax.jit
+  def step(state: ClassifierState, x: Array, y: Array):
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, x, y)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=stats, opt_state=opt_state)
+    acc = jnp.mean(((logits > 0) == (y > 0.5)).astype(jnp.float32))
+    return new, {'loss': loss, 'accuracy': acc}
+
+  return step
+
+
+def train_step(state: ClassifierState, x: Any, y: Any, *, arch: ClassifierArch,
+               learning_rate: float) -> tuple[ClassifierState, dict[str, Array]]:
+  """One Adam step on the BCE of images x (B, S, S, C) vs labels y (B, A)."""
+  return _train_step_fn(arch, float(learning_rate))(
+      state, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _logits_fn(arch: ClassifierArch):
+  model = AttributeClassifier(arch)
+
+  @jax.jit
+  def logits(params, batch_stats, x):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+
+  return logits
+
+
+class Classifier:
+  """A trained classifier in inference mode (BN running averages).
+
+  Attributes:
+    arch: the ClassifierArch.
+    attribute_names: the A names it predicts (from its training data), or ().
+    step: training step of the restored checkpoint.
+  """
+
+  def __init__(self, arch: ClassifierArch, params: Any, batch_stats: Any, *,
+               attribute_names: tuple[str, ...] = (), step: int = 0,
+               chunk_size: int = 256):
+    self.arch = arch
+    self.attribute_names = tuple(attribute_names)
+    self.step = int(step)
+    self.chunk_size = int(chunk_size)
+    self._variables = jax.device_put((params, batch_stats))
+    self._logits = _logits_fn(arch)
+
+  def logits(self, images: Any) -> np.ndarray:
+    """images (B, S, S, C) in [-1, 1] -> logits (B, A) float32 (host)."""
+    x = jnp.asarray(images, jnp.float32)
+    a = self.arch
+    if x.ndim != 4 or x.shape[1:] != (a.image_size, a.image_size, a.channels):
+      raise ValueError(f'The classifier takes (B, {a.image_size}, {a.image_size}, '
+                       f'{a.channels}) images, got {x.shape}.')
+    out, c = [], self.chunk_size
+    for s in range(0, x.shape[0], c):
+      part = x[s:s + c]
+      m = part.shape[0]
+      if m < c and x.shape[0] > c:  # One executable for every chunk.
+        part = jnp.pad(part, [(0, c - m), (0, 0), (0, 0), (0, 0)])
+      out.append(np.asarray(self._logits(*self._variables, part))[:m])
+    return np.concatenate(out) if out else np.zeros((0, a.num_attributes), np.float32)
+
+  def predict_probs(self, images: Any) -> np.ndarray:
+    """images (B, S, S, C) in [-1, 1] -> P(attribute) (B, A) float32 in [0, 1]."""
+    return np.asarray(jax.nn.sigmoid(self.logits(images)), np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation helpers.
+
+
+def predict_dataset(classifier: Classifier, batches: Iterable[Mapping[str, Any]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Labels and predictions over batches with 'image' and 'attributes'.
+
+  Returns:
+    (y (N, A) float32 labels, p (N, A) float32 predicted probabilities).
+  """
+  ys, ps = [], []
+  for batch in batches:
+    if 'attributes' not in batch:
+      raise ClassifierError('The data have no attributes: use a dataset with '
+                            'attributes (e.g. data.name=celeb_a).')
+    ys.append(np.asarray(batch['attributes'], np.float32))
+    ps.append(classifier.predict_probs(batch['image']))
+  if not ys:
+    raise ClassifierError('No examples to classify.')
+  return np.concatenate(ys), np.concatenate(ps)
+
+
+def predict_conditional_samples(sampler: Any, classifier: Classifier, y: Any,
+                                rng: Array, *, temperature: float = 1.0,
+                                batch_size: int = 256) -> np.ndarray:
+  """Classifies Dec(z, y_i), z ~ N(0, T^2 I), one sample per row y_i.
+
+  Args:
+    sampler: a ``sampling.Sampler`` of a conditional model (``decode(z, y)``).
+    classifier: the Classifier; its images must match the decoder's.
+    y: (N, A) attribute vectors to condition on.
+    rng: key for z; all N codes are drawn at once, so the result does not
+      depend on ``batch_size``.
+  Returns:
+    p (N, A) float32: predicted probabilities of the generated images.
+  """
+  y = np.asarray(y, np.float32)
+  n = y.shape[0]
+  z = temperature * jax.random.normal(rng, (n, sampler.arch.z_dim), jnp.float32)
+  out = []
+  for s in range(0, n, int(batch_size)):
+    images = sampler.decode(z[s:s + batch_size], y[s:s + batch_size])
+    out.append(classifier.predict_probs(images))
+  return np.concatenate(out)
+
+
+def evaluate(classifier: Classifier, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+  """BCE, accuracy and per-attribute accuracy of ``classifier`` on ``batches``.
+
+  'majority_accuracy' is the accuracy of always predicting each attribute's
+  majority value *in these labels*: the floor a useful classifier must beat
+  (CelebA's attributes are imbalanced, so it is ~0.8).
+  """
+  y, p = predict_dataset(classifier, batches)
+  eps = 1e-7
+  pc = np.clip(p.astype(np.float64), eps, 1 - eps)
+  bce = -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))
+  per_attr = np.mean((p > 0.5) == (y > 0.5), axis=0)
+  frac = np.mean(y > 0.5, axis=0)
+  return dict(loss=float(bce), accuracy=float(np.mean(per_attr)),
+              per_attribute_accuracy=per_attr.tolist(),
+              majority_accuracy=float(np.mean(np.maximum(frac, 1 - frac))),
+              num_examples=int(y.shape[0]))
+
+
+# ----------------------------------------------------------------------------
+# Training and checkpoints.
+
+
+def classifier_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'classifier')
+
+
+def _manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(classifier_dir(workdir), options=options,
+                               item_names=('state', 'config'))
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+                      if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+  """All checks before compiling anything. Raises ClassifierError / DataError."""
+  arch = ClassifierArch.from_config(config)
+  arch.validate()
+  for k in ('num_train_steps', 'batch_size', 'log_every', 'checkpoint_every', 'eval_every'):
+    if int(config[k]) <= 0:
+      raise ClassifierError(f'{k} must be positive, got {config[k]}; e.g. --config.{k}=100.')
+  if not float(config.learning_rate) > 0:
+    raise ClassifierError(f'learning_rate must be > 0, got {config.learning_rate}.')
+  info = input_pipeline.validate(config.data)
+  if not info.attribute_names:
+    raise ClassifierError(f'Dataset {info.name!r} has no attributes: train the classifier '
+                          'on a dataset with attributes (data.name=celeb_a).')
+  if info.num_examples < int(config.batch_size):
+    raise ClassifierError(f'Split {config.data.train_split!r} has {info.num_examples} examples, '
+                          f'fewer than batch_size={config.batch_size}: lower --config.batch_size.')
+  if len(info.attribute_names) != arch.num_attributes:
+    raise ClassifierError(
+        f'model.num_attributes={arch.num_attributes} but dataset {info.name!r} has '
+        f'{len(info.attribute_names)} attributes; set --config.model.num_attributes='
+        f'{len(info.attribute_names)}.')
+  return info
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Classifier:
+  """Trains on ``config.data.train_split``; evaluates on ``eval_split``; checkpoints.
+
+  Resumes from the latest checkpoint in ``workdir/classifier``; the input
+  order is a pure function of (seed, step), as for the VAE-GAN.
+  Returns the trained Classifier.
+  """
+  info = validate_config(config)
+  arch = ClassifierArch.from_config(config)
+  lr = float(config.learning_rate)
+  mngr = _manager(workdir, keep=int(config.get('keep_checkpoints', 2)))
+  state = jax.device_get(create_state(arch, lr, jax.random.PRNGKey(config.seed)))
+  if mngr.latest_step() is not None:
+    state = _restore_state(mngr, state, mngr.latest_step())
+    logging.info('Resumed the classifier from step %d.', int(state.step))
+  start = int(state.step)
+  config_json = json.loads(config.to_json_best_effort())
+  config_json['attribute_names'] = list(info.attribute_names)
+  batches = input_pipeline.batch_iterator(config.data, config.data.train_split,
+                                          int(config.batch_size), seed=int(config.seed),
+                                          start_step=start)
+  eval_split = config.data.get('eval_split') or None
+  window, t0 = [], time.time()
+  total = int(config.num_train_steps)
+  make = lambda s: Classifier(arch, s.params, s.batch_stats,
+                              attribute_names=info.attribute_names, step=int(s.step))
+  for step in range(start, total):
+    batch = next(batches)
+    state, metrics = train_step(state, batch['image'], batch['attributes'], arch=arch,
+                                learning_rate=lr)
+    window.append(metrics)
+    s = step + 1
+    if s % config.log_every == 0 or s == total:
+      m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+      if not np.isfinite(m['loss']):
+        raise ClassifierError(f'Non-finite classifier loss at step {s}: lower '
+                              '--config.learning_rate.')
+      logging.info('classifier step %d: loss %.4f, accuracy %.4f (%.1f steps/s)', s,
+                   m['loss'], m['accuracy'], len(window) / max(time.time() - t0, 1e-9))
+      window, t0 = [], time.time()
+    if eval_split and (s % config.eval_every == 0 or s == total):
+      n_eval = int(config.get('num_eval_examples', 2000)) or 2 ** 62  # 0: whole split
+      result = evaluate(make(state),
+                        sampling.dataset_batches(config.data, eval_split, 256, n_eval))
+      logging.info('classifier eval at step %d on %d %r examples: loss %.4f, accuracy '
+                   '%.4f (majority baseline %.4f)', s, result['num_examples'], eval_split,
+                   result['loss'], result['accuracy'], result['majority_accuracy'])
+    if s % config.checkpoint_every == 0 or s == total:
+      if not np.isfinite(float(metrics['loss'])):  # Never save a diverged state.
+        raise ClassifierError(f'Non-finite classifier loss at step {s}: lower '
+                              '--config.learning_rate.')
+      state = jax.device_get(state)
+      mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           config=ocp.args.JsonSave(config_json)),
+                force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  close = getattr(batches, 'close', None)
+  if close:
+    close()
+  return make(state)
+
+
+def _restore_state(mngr, template: ClassifierState, step: int) -> ClassifierState:
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(template))))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ClassifierError(
+        f'Classifier checkpoint step {step} in {mngr.directory} does not match its config '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
+  # Orbax restores the saved shapes whatever the template says: compare them.
+  want = jax.tree_util.tree_flatten_with_path(template)[0]
+  got = jax.tree_util.tree_flatten_with_path(restored.state)[0]
+  if [p for p, _ in want] != [p for p, _ in got]:
+    raise ClassifierError(f'Classifier checkpoint step {step} in {mngr.directory} does not '
+                          'match its config (different parameter tree).')
+  for (p, w), (_, g) in zip(want, got):
+    if tuple(np.shape(w)) != tuple(np.shape(g)):
+      raise ClassifierError(
+          f'Classifier checkpoint step {step} in {mngr.directory} does not match its config '
+          f'at {jax.tree_util.keystr(p)}: {np.shape(g)} saved, {tuple(np.shape(w))} expected.')
+  return jax.tree.map(np.asarray, restored.state)
+
+
+def restore(workdir: str, step: Optional[int] = None
+            ) -> tuple[Classifier, ml_collections.ConfigDict]:
+  """(Classifier, its training config) from ``workdir/classifier``."""
+  directory = classifier_dir(workdir)
+  if not os.path.isdir(directory):
+    raise ClassifierError(f'No classifier checkpoint in {directory}; train one with '
+                          f'`python -m experiments.train_attribute_classifier '
+                          f'--workdir={workdir}`.')
+  mngr = _manager(workdir, read_only=True)
+  steps = sorted(mngr.all_steps())
+  step = steps[-1] if (step is None and steps) else step
+  if step is None or step not in steps:
+    raise ClassifierError(f'No classifier checkpoint{"" if step is None else f" for step {step}"} '
+                          f'in {directory} (available: {steps}).')
+  raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  names = tuple(raw.pop('attribute_names', ()))
+  config = ml_collections.ConfigDict(_lists_to_tuples(raw))
+  arch = ClassifierArch.from_config(config)
+  template = jax.eval_shape(lambda: create_state(arch, float(config.learning_rate),
+                                                 jax.random.PRNGKey(0)))
+  state = _restore_state(mngr, template, step)
+  mngr.close()
+  return Classifier(arch, state.params, state.batch_stats, attribute_names=names,
+                    step=int(state.step)), config
+
+
+def _lists_to_tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _lists_to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_lists_to_tuples(v) for v in x)
+  return x
+
+
+USER_ERRORS = (ClassifierError, input_pipeline.DataError)
