@@ -57,6 +57,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from vaegan_jax import checkpoint
 from vaegan_jax import input_pipeline
 from vaegan_jax import layers
 from vaegan_jax import sampling
@@ -360,11 +361,6 @@ def _manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.Che
                                item_names=('state', 'config'))
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
-                      if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
-
-
 def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
   """All checks before compiling anything. Raises ClassifierError / DataError."""
   arch = ClassifierArch.from_config(config)
@@ -453,25 +449,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Class
 
 
 def _restore_state(mngr, template: ClassifierState, step: int) -> ClassifierState:
+  """Restores and checks every leaf's shape against ``template`` (one-line errors)."""
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(template))))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ClassifierError(
-        f'Classifier checkpoint step {step} in {mngr.directory} does not match its config '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:200]}).') from e
-  # Orbax restores the saved shapes whatever the template says: compare them.
-  want = jax.tree_util.tree_flatten_with_path(template)[0]
-  got = jax.tree_util.tree_flatten_with_path(restored.state)[0]
-  if [p for p, _ in want] != [p for p, _ in got]:
-    raise ClassifierError(f'Classifier checkpoint step {step} in {mngr.directory} does not '
-                          'match its config (different parameter tree).')
-  for (p, w), (_, g) in zip(want, got):
-    if tuple(np.shape(w)) != tuple(np.shape(g)):
-      raise ClassifierError(
-          f'Classifier checkpoint step {step} in {mngr.directory} does not match its config '
-          f'at {jax.tree_util.keystr(p)}: {np.shape(g)} saved, {tuple(np.shape(w))} expected.')
-  return jax.tree.map(np.asarray, restored.state)
+    return checkpoint.restore_state(mngr, template, step)
+  except checkpoint.CheckpointError as e:
+    raise ClassifierError(f'Attribute classifier: {e}') from e
 
 
 def restore(workdir: str, step: Optional[int] = None

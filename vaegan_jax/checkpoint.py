@@ -55,9 +55,10 @@ def _abstract(state: ts.TrainState):
                       if not isinstance(a, jax.ShapeDtypeStruct) else a, state)
 
 
-def restore_state(mngr: ocp.CheckpointManager, template: ts.TrainState,
-                  step: Optional[int] = None) -> ts.TrainState:
-  """Restores into the structure of ``template`` (a host state or its eval_shape)."""
+def restore_state(mngr: ocp.CheckpointManager, template: Any,
+                  step: Optional[int] = None) -> Any:
+  """Restores into the structure of ``template`` (a host pytree or its eval_shape),
+  checking every leaf's shape and dtype; raises a one-line CheckpointError."""
   step = mngr.latest_step() if step is None else step
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(

@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.kind = "vaegan"
   c.gamma = 1e-6
+  c.recon_in_gan = True  # paper's Algorithm 1
+  c.balance = False  # paper: no equilibrium rule
   c.model = ml_collections.ConfigDict(dict(
       image_size=64, channels=3, z_dim=128,
       enc_widths=(64, 128, 256), enc_dense=2048,

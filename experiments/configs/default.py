@@ -1,7 +1,15 @@
 """Default config: VAE-GAN on the embedded digits (scikit-learn, 1,797 images).
 
-Needs no download. 32x32x1 images; a slimmer version of the authors' 32x32
-architecture so that 2 CPU cores reach recognisable digits in ~10 minutes.
+Needs no download. 32x32x1 images and a narrow version of the paper's
+networks (same layers, widths / 4 to / 2) so that 2 CPU cores reach
+recognisable samples of all ten digits in about 10 minutes (~1,000 steps).
+
+Two choices differ from the paper's defaults, both taken from the authors'
+released code, because the short run needs them:
+  * ``balance=True``: the equilibrium rule. Without it the saturating
+    decoder loss vanishes within 100 steps (Dis accuracy 0.9999 measured here).
+  * ``recon_in_gan=False``: Dis sees [x; Dec(z_p)] only, as in the released
+    CelebA run; a third fewer decoder/discriminator images per step.
 Every field is overridable, e.g. ``--config.batch_size=128 --config.gamma=1e-5``.
 """
 
@@ -18,10 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Losses and routing (see vaegan_jax/train_step.py).
   c.gamma = 1e-6  # weight of L_llike in Dec's loss, against the GAN term.
   c.gan_form = "saturating"  # paper; or 'non_saturating' (-log D).
-  c.recon_in_gan = True  # paper's Algorithm 1; the authors' CelebA run: False.
+  c.recon_in_gan = False  # paper's Algorithm 1: True; the authors' CelebA run: False.
   c.pixel_sigma = 1.0  # 'vae' kind only: pixel-wise Gaussian std.
   c.weight_decay = 0.0  # authors' code: 1e-5 (L2 on conv/dense kernels).
-  c.balance = False  # authors' equilibrium rule (code only).
+  c.balance = True  # authors' equilibrium rule (code only; paper configs: False).
   c.balance_equilibrium = 0.68
   c.balance_margin = 0.35
 
@@ -33,10 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.rmsprop_eps_in_sqrt = False  # authors: eps outside the sqrt.
 
   c.model = ml_collections.ConfigDict(dict(
-      image_size=32, channels=1, z_dim=32,
-      enc_widths=(32, 64, 128), enc_dense=256,
-      dec_dense_channels=128, dec_widths=(128, 64, 32),
-      dis_first=32, dis_widths=(64, 128, 128), dis_dense=256,
+      image_size=32, channels=1, z_dim=16,
+      enc_widths=(16, 32, 64), enc_dense=128,
+      dec_dense_channels=64, dec_widths=(64, 32, 16),
+      dis_first=16, dis_widths=(32, 64, 64), dis_dense=128,
       num_attributes=0, bn_momentum=0.9, bn_eps_conv=1e-5, bn_eps_dense=1e-5,
       init="default", conv_impl="auto", dtype="float32"))
 
@@ -49,10 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.folder = config_dict.placeholder(str)  # 'folder' dataset
 
   c.batch_size = 64
-  c.num_train_steps = 3000
+  c.num_train_steps = 1000
   c.log_every = 50
-  c.checkpoint_every = 500
+  c.checkpoint_every = 250
   c.keep_checkpoints = 3
-  c.sample_every = 500
+  c.sample_every = 100
   c.num_sample_images = 64
   return c
