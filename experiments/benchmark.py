@@ -42,6 +42,7 @@ flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "fast"], "Conv implementation.")
 flags.DEFINE_bool("naive", True, "Also time the naive three-gradient step (routed rows only).")
+flags.DEFINE_integer("naive_steps", 5, "Timed gradient computations for routed vs naive.")
 flags.DEFINE_bool("input_pipeline", True, "Also time the digits input pipeline alone.")
 flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
 
@@ -149,7 +150,7 @@ def bench_naive(config, state) -> dict:
   out = {}
   for label, fn in (("routed", routed), ("naive", naive)):
     jax.block_until_ready(fn(state.params))
-    times = _time(lambda: fn(state.params), max(5, FLAGS.steps // 2), 1)
+    times = _time(lambda: fn(state.params), FLAGS.naive_steps, 1)
     out[f"{label}_grad_s_median"] = float(np.median(times))
   out["naive_over_routed"] = out["naive_grad_s_median"] / out["routed_grad_s_median"]
   return out

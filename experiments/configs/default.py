@@ -2,7 +2,7 @@
 
 Needs no download. 32x32x1 images and a narrow version of the paper's
 networks (same layers, widths / 4 to / 2) so that 2 CPU cores reach
-recognisable samples of all ten digits in about 10 minutes (~1,000 steps).
+recognisable samples of all ten digits in about 9 minutes (900 steps).
 
 Two choices differ from the paper's defaults, both taken from the authors'
 released code, because the short run needs them:
@@ -24,7 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.kind = "vaegan"
 
   # Losses and routing (see vaegan_jax/train_step.py).
-  c.gamma = 1e-6  # weight of L_llike in Dec's loss, against the GAN term.
+  # Weight of L_llike in Dec's loss, against the GAN term. The paper's 1e-6 (CelebA,
+  # 8x8x256 Dis_l) leaves the short digits run with samples of few classes; 1e-2
+  # covered all ten (measured: 10/10 classes at step 800 vs 9/10, no 7s, at 1e-6).
+  c.gamma = 1e-2
   c.gan_form = "saturating"  # paper; or 'non_saturating' (-log D).
   c.recon_in_gan = False  # paper's Algorithm 1: True; the authors' CelebA run: False.
   c.pixel_sigma = 1.0  # 'vae' kind only: pixel-wise Gaussian std.
@@ -57,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.folder = config_dict.placeholder(str)  # 'folder' dataset
 
   c.batch_size = 64
-  c.num_train_steps = 1000
+  c.num_train_steps = 900
   c.log_every = 50
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
