@@ -472,7 +472,7 @@ def restore(workdir: str, step: Optional[int] = None
                           f'in {directory} (available: {steps}).')
   raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   names = tuple(raw.pop('attribute_names', ()))
-  config = ml_collections.ConfigDict(_lists_to_tuples(raw))
+  config = ml_collections.ConfigDict(checkpoint.lists_to_tuples(raw))
   arch = ClassifierArch.from_config(config)
   template = jax.eval_shape(lambda: create_state(arch, float(config.learning_rate),
                                                  jax.random.PRNGKey(0)))
@@ -480,14 +480,6 @@ def restore(workdir: str, step: Optional[int] = None
   mngr.close()
   return Classifier(arch, state.params, state.batch_stats, attribute_names=names,
                     step=int(state.step)), config
-
-
-def _lists_to_tuples(x: Any) -> Any:
-  if isinstance(x, dict):
-    return {k: _lists_to_tuples(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_lists_to_tuples(v) for v in x)
-  return x
 
 
 USER_ERRORS = (ClassifierError, input_pipeline.DataError)

@@ -104,7 +104,7 @@ def read_config(workdir: str, step: Optional[int] = None) -> tuple[ml_collection
     raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; "
                           f"available: {sorted(mngr.all_steps())}.")
   raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  return ml_collections.ConfigDict(_lists_to_tuples(raw)), step
+  return ml_collections.ConfigDict(lists_to_tuples(raw)), step
 
 
 def restore_for_inference(workdir: str, step: Optional[int] = None,
@@ -118,9 +118,10 @@ def restore_for_inference(workdir: str, step: Optional[int] = None,
   return restore_state(mngr, template, step), config
 
 
-def _lists_to_tuples(x: Any) -> Any:
+def lists_to_tuples(x: Any) -> Any:
+  """JSON lists back to tuples, as ConfigDicts of the configs hold them."""
   if isinstance(x, dict):
-    return {k: _lists_to_tuples(v) for k, v in x.items()}
+    return {k: lists_to_tuples(v) for k, v in x.items()}
   if isinstance(x, list):
-    return tuple(_lists_to_tuples(v) for v in x)
+    return tuple(lists_to_tuples(v) for v in x)
   return x
