@@ -12,10 +12,8 @@ from __future__ import annotations
 import functools
 import signal
 import time
-from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging

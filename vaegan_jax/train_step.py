@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from vaegan_jax import losses
