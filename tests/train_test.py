@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,9 +103,11 @@ def test_sigterm_saves_and_exits_cleanly_then_kill9_leaves_restorable(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-2000:]
+  stopped = re.search(r"Preempted: stopped after step (\d+)", err)
+  assert stopped, err[-2000:]
   mngr = checkpoint.manager(wd, read_only=True)
   steps = sorted(mngr.all_steps())
-  assert steps[-1] % 50 != 0 or len(steps) > 1  # a checkpoint at the preemption step
+  assert steps[-1] == int(stopped.group(1)) >= 50  # a checkpoint at the preemption step
   # kill -9 while saving every step: the latest complete checkpoint restores.
   proc = _spawn(wd, "--config.checkpoint_every=1")
   _wait_for_checkpoint_step(wd, steps[-1] + 3, proc)

@@ -193,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         _check_finite(rstate)
         checkpoint.save(mngr, parallel.unreplicate(rstate), config)
       if preempt.requested:
+        logging.warning("Preempted: stopped after step %d, checkpoint %d saved.", s, s)
         break
   mngr.wait_until_finished()
   mngr.close()
