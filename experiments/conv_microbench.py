@@ -12,6 +12,11 @@ The impls are timed round-robin per layer, so load from other processes hits
 them alike.
 
   python -m experiments.conv_microbench [--batch 64] [--runs 5] [--dtype f32]
+
+With ``--pieces`` it instead times each piece of the stride-2 and transposed
+layers (forward, input gradient, kernel gradient) with each of fast_conv's
+methods ('xla', 'phase', 'matmul'), and marks the one ``form='auto'`` picks:
+the table behind ``fast_conv._method``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ LAYERS_64 = (
     ("dec convT3", "t", 32, 128, 32),
     ("dec conv_out", "s1", 64, 32, 3),
 )
+# The 32x32 digits model of the default config (experiments/configs/default.py).
+LAYERS_DEFAULT32 = (
+    ("enc conv1", "s2", 32, 1, 16),
+    ("enc conv2", "s2", 16, 16, 32),
+    ("enc conv3", "s2", 8, 32, 64),
+    ("dis conv0", "s1", 32, 1, 16),
+    ("dis conv1", "s2", 32, 16, 32),
+    ("dis conv2", "s2", 16, 32, 64),
+    ("dis conv3", "s2", 8, 64, 64),
+    ("dec convT1", "t", 4, 64, 64),
+    ("dec convT2", "t", 8, 64, 32),
+    ("dec convT3", "t", 16, 32, 16),
+    ("dec conv_out", "s1", 32, 16, 1),
+)
+MODELS = {"paper64": LAYERS_64, "default32": LAYERS_DEFAULT32}
 
 
 
@@ -100,14 +120,61 @@ def time_fns(fns, args, runs):
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+def pieces(kind, x, kernel, g):
+  """{piece: (fast_conv op, args)} for one stride-2 ('s2') or transposed ('t') layer."""
+  if kind == "s2":
+    return {"fwd": ("s2", (x, kernel)), "dx": ("t", (g, kernel)),
+            "dk": ("dk", (x, g, kernel.shape))}
+  return {"fwd": ("t", (x, kernel)), "dx": ("s2", (g, kernel)),
+          "dk": ("dk", (g, x, kernel.shape))}
+
+
+def _piece(op, method, shape_args, a, b):
+  """One piece as the ops run it: non-matmul methods over batch chunks."""
+  fn = fast_conv.METHODS[op][method]
+  if method == "matmul":
+    return fn(a, b, *shape_args)
+  if op == "dk":
+    return fast_conv._summed_over_chunks(fn, a, b, *shape_args)
+  return fast_conv._per_chunk(fn, a, b)
+
+
+def main_pieces(args, dtype):
+  methods = ("xla", "phase", "matmul")
+  print(f"{'layer':<13}{'piece':<6}{'op':<4}" + "".join(f"{m + ' (s)':>12}" for m in methods)
+        + "  auto")
+  total = {"auto": 0.0, "best": 0.0}
+  for name, kind, h, c_in, c_out in MODELS[args.model]:
+    if kind == "s1":
+      continue
+    x, kernel, g = make_inputs(kind, h, c_in, c_out, args.batch, dtype)
+    for piece, (op, op_args) in pieces(kind, x, kernel, g).items():
+      shape_args = op_args[2:]
+      fns = {m: jax.jit(functools.partial(_piece, op, m, shape_args)) for m in methods}
+      secs = time_fns(fns, op_args[:2], args.runs)
+      c_out_piece = op_args[1].shape[-1] if op == "dk" else (
+          op_args[1].shape[2] if op == "t" else op_args[1].shape[3])
+      auto = fast_conv._method(op, "auto", 5, op_args[0].shape, c_out_piece)
+      total["auto"] += secs[auto]
+      total["best"] += min(secs.values())
+      print(f"{name:<13}{piece:<6}{op:<4}" + "".join(f"{secs[m]:>12.4f}" for m in methods)
+            + f"  {auto}{'' if secs[auto] <= 1.1 * min(secs.values()) else ' (slower)'}",
+            flush=True)
+  print(f"total: auto {total['auto']:.3f} s, best per piece {total['best']:.3f} s")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--dtype", default="f32", choices=("f32", "bf16"))
   parser.add_argument("--impls", default="xla,fast,matmul")
+  parser.add_argument("--pieces", action="store_true")
+  parser.add_argument("--model", default="paper64", choices=sorted(MODELS))
   args = parser.parse_args()
   dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
+  if args.pieces:
+    return main_pieces(args, dtype)
   impls = args.impls.split(",")
 
   print(f"backend={jax.default_backend()} devices={jax.devices()} "
@@ -118,7 +185,7 @@ def main():
   print(header)
   print("-" * len(header))
   totals = dict.fromkeys(impls, 0.0)
-  for name, kind, h, c_in, c_out in LAYERS_64:
+  for name, kind, h, c_in, c_out in MODELS[args.model]:
     inputs = make_inputs(kind, h, c_in, c_out, args.batch, dtype)
     ho = 2 * h if kind == "t" else h // int(kind[1])
     shape = f"{h}x{h}x{c_in}->{ho}x{ho}x{c_out}"

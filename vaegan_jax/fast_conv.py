@@ -264,6 +264,91 @@ def _conv_t(x: Array, kernel: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------
+# Phase forms: stride-2 and transposed convs as sums of stride-1 XLA convs.
+#
+# XLA:CPU runs stride-1 convs with >= 128 contracted channels at ~95 % of its
+# matmul rate, forward and input gradient alike, but stride-2 convs, their
+# input gradients and transposed convs at 30-60 %. Splitting the stride-2
+# grid into its 4 phases turns each of them into 4 stride-1 convs with the
+# same 25 taps in total (no zero taps, unlike space-to-depth with a 6x6 kernel).
+
+
+def _conv_s1_valid(x: Array, kernel: Array, pad_h=(0, 0), pad_w=(0, 0)) -> Array:
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=(pad_h, pad_w),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _s2_phase(k: int, a: int, size: int) -> tuple[int, int, int, int]:
+  """Phase a (rows 2m + a) of a stride-2 conv's input, per spatial dim.
+
+  Output row i reads ``x[2i + u - p]``; those in phase a are taps
+  u = u0, u0 + 2, ... (u0 = (p + a) % 2) at phase rows m = i + d,
+  d = (u - p - a) / 2. Returns (u0, number of taps, pad_lo, pad_hi) of the
+  stride-1 conv over the phase's rows that gives all outputs.
+  """
+  p = k // 2
+  u0 = (p + a) % 2
+  taps = len(range(u0, k, 2))
+  out, rows = _out_size(size, k, 2), len(range(a, size, 2))
+  d_lo = (u0 - p - a) // 2
+  return u0, taps, -d_lo, (out - 1) + d_lo + taps - 1 - (rows - 1)
+
+
+def _conv_s2_phase(x: Array, kernel: Array) -> Array:
+  """Stride-2 conv as the sum over the 4 input phases of stride-1 convs."""
+  k = kernel.shape[0]
+  _, h, w, _ = x.shape
+  out = None
+  for a in (0, 1):
+    u0, ka, lo_a, hi_a = _s2_phase(k, a, h)
+    for b in (0, 1):
+      v0, kb, lo_b, hi_b = _s2_phase(k, b, w)
+      if not ka * kb or a >= h or b >= w:  # k = 1, or a 1-pixel side.
+        continue
+      term = _conv_s1_valid(x[:, a::2, b::2], kernel[u0::2, v0::2],
+                            (lo_a, hi_a), (lo_b, hi_b))
+      out = term if out is None else out + term
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _t_phase(k: int, a: int) -> tuple[tuple[int, ...], int, int]:
+  """Taps of output phase a of the stride-2 transposed conv, per spatial dim.
+
+  Output row r = 2m + a reads input rows m + d with tap u = a + p - 2d.
+  Returns (taps u in order of increasing d, pad_lo = -d_min, pad_hi = d_max).
+  """
+  p = k // 2
+  ds = [d for d in range(-k, k + 1) if 0 <= a + p - 2 * d < k]
+  if not ds:  # k = 1, a = 1: no tap reaches odd outputs.
+    return (), 0, 0
+  return tuple(a + p - 2 * d for d in ds), -min(ds), max(ds)
+
+
+def _conv_t_phase(x: Array, kernel: Array) -> Array:
+  """Sub-pixel transposed conv: one stride-1 conv per output phase (a, b).
+
+  ``kernel`` is (k, k, C_out, C_in); returns (N, 2H, 2W, C_out).
+  """
+  k = kernel.shape[0]
+  kt = kernel.transpose(0, 1, 3, 2)  # (k, k, C_in, C_out)
+  rows = []
+  for a in (0, 1):
+    taps_a, lo_a, hi_a = _t_phase(k, a)
+    cols = []
+    for b in (0, 1):
+      taps_b, lo_b, hi_b = _t_phase(k, b)
+      if not taps_a or not taps_b:
+        cols.append(jnp.zeros(x.shape[:3] + kt.shape[-1:], x.dtype))
+        continue
+      sub = kt[np.asarray(taps_a)][:, np.asarray(taps_b)]
+      cols.append(_conv_s1_valid(x, sub, (lo_a, hi_a), (lo_b, hi_b)))
+    rows.append(jnp.stack(cols, axis=3))
+  return _depth_to_space(jnp.stack(rows, axis=3))
+
+
+# ----------------------------------------------------------------------------
 # XLA direct-conv pieces (the same convs as ``layers.conv2d_xla``).
 
 
@@ -293,7 +378,7 @@ def _conv_xla_dk(x: Array, g: Array, kernel_shape: tuple[int, ...],
 # ----------------------------------------------------------------------------
 # Form selection.
 
-FORMS = ("auto", "matmul")
+FORMS = ("auto", "phase", "matmul")
 _form = "auto"
 
 
@@ -320,17 +405,136 @@ def use_form(form: str) -> Iterator[None]:
     set_form(previous)
 
 
+# Every stride-2 piece is one of three ops, each with three methods:
+#   s2(x, K):   the stride-2 conv; also the input gradient of a transposed conv.
+#   t(x, K):    the transposed conv; also the input gradient of a stride-2 conv.
+#   dk(x, g):   the stride-2 conv's kernel gradient; also the transposed conv's
+#               (with x and g swapped).
+# 'auto' picks per op and shape what ``experiments/conv_microbench.py
+# --pieces`` measured fastest on XLA:CPU (2 shared cores, batch 16-64).
+
+
+def _method(op: str, form: str, k: int, x_shape, c_out: int) -> str:
+  """'xla', 'phase' or 'matmul' for one piece.
+
+  Args:
+    op: 's2', 't' or 'dk'.
+    x_shape: the piece's input (for 'dk', the stride-2 conv's input x).
+    c_out: the piece's output channels (for 'dk', the cotangent's channels).
+  """
+  if form == "matmul":
+    return "matmul"
+  if k == 1:
+    return "xla"
+  if form == "phase":
+    return "phase"
+  c_in = x_shape[-1]
+  if op == "s2":  # Stride-1 sub-convs are near matmul speed from 128 channels.
+    return "phase" if c_in >= 128 else "xla"
+  if op == "t":
+    return "phase" if c_out >= 16 else "xla"
+  # dk: over batch chunks XLA's own is as fast or faster at every model shape.
+  return "xla"
+
+
+def _t_xla(x: Array, kernel: Array) -> Array:
+  n, h, w, _ = x.shape
+  return _conv_xla_dx(x, kernel, 2, (n, 2 * h, 2 * w, kernel.shape[2]))
+
+
+def _dk_xla(x: Array, g: Array, kernel_shape: tuple[int, ...]) -> Array:
+  return _conv_xla_dk(x, g, kernel_shape, 2)
+
+
+def _dk_phase(x: Array, g: Array, kernel_shape: tuple[int, ...]) -> Array:
+  # <s2(x, K), g> = <x, t(g, K)>: dK is the kernel gradient of the sub-pixel
+  # convs of g, with cotangent x zero-extended to (2*Ho, 2*Wo).
+  ho, wo = g.shape[1:3]
+  x_ext = jnp.pad(x, ((0, 0), (0, 2 * ho - x.shape[1]), (0, 2 * wo - x.shape[2]), (0, 0)))
+  k_aval = jax.ShapeDtypeStruct(kernel_shape, g.dtype)
+  return jax.linear_transpose(lambda kk: _conv_t_phase(g, kk), k_aval)(x_ext)[0]
+
+
+def _dk_matmul(x: Array, g: Array, kernel_shape: tuple[int, ...]) -> Array:
+  k = kernel_shape[0]
+  px = _patches(x, k, 2, k // 2, *g.shape[1:3])
+  return _dot(px, g, ((0, 1, 2), (0, 1, 2)), jnp.float32).reshape(kernel_shape)
+
+
+# op -> method -> function; 's2' and 't' take (x, kernel), 'dk' (x, g, shape).
+METHODS = {
+    "s2": {"xla": lambda x, kk: _conv_xla(x, kk, 2), "phase": _conv_s2_phase,
+           "matmul": lambda x, kk: _conv_im2col(x, kk, 2)},
+    "t": {"xla": _t_xla, "phase": _conv_t_phase, "matmul": _conv_t},
+    "dk": {"xla": _dk_xla, "phase": _dk_phase, "matmul": _dk_matmul},
+}
+
+
+# XLA:CPU's (Eigen) convs lose 1.2-4.7x in efficiency once a batch's maps fall
+# out of cache: the kernel gradient of 320 32x32x128 images takes 4.1 s in one
+# conv and 0.85 s as 20 convs of 16 images (conv_microbench). So non-matmul
+# pieces run on batch chunks of this size, unrolled (a lax.scan over chunks is
+# far slower: its body runs single-threaded).
+BATCH_CHUNK = 16
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+  return [(i, min(i + BATCH_CHUNK, n)) for i in range(0, n, BATCH_CHUNK)]
+
+
+def _per_chunk(fn, x: Array, *rest) -> Array:
+  """fn over batch chunks of x (rest: non-batched args), concatenated."""
+  parts = [fn(x[i:j], *rest) for i, j in _chunks(x.shape[0])]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _summed_over_chunks(fn, x: Array, g: Array, *rest) -> Array:
+  """Sum over batch chunks of fn(x_chunk, g_chunk, *rest), in float32."""
+  out = None
+  for i, j in _chunks(x.shape[0]):
+    term = fn(x[i:j], g[i:j], *rest).astype(jnp.float32)
+    out = term if out is None else out + term
+  return out
+
+
+def _s2(x: Array, kernel: Array, form: str) -> Array:
+  m = _method("s2", form, kernel.shape[0], x.shape, kernel.shape[3])
+  if m == "matmul":
+    return METHODS["s2"][m](x, kernel)
+  return _per_chunk(METHODS["s2"][m], x, kernel)
+
+
+def _t(x: Array, kernel: Array, form: str, out_hw: tuple[int, int]) -> Array:
+  """Transposed conv of x cropped to ``out_hw`` (<= 2H, 2W); kernel (k, k, C_out, C_in)."""
+  m = _method("t", form, kernel.shape[0], x.shape, kernel.shape[2])
+  if m == "matmul":
+    return METHODS["t"][m](x, kernel)[:, :out_hw[0], :out_hw[1]]
+  if m == "xla":  # Computes only the kept outputs.
+    fn = lambda xc, kk: _conv_xla_dx(xc, kk, 2, (xc.shape[0], *out_hw, kk.shape[2]))
+  else:
+    fn = lambda xc, kk: _conv_t_phase(xc, kk)[:, :out_hw[0], :out_hw[1]]
+  return _per_chunk(fn, x, kernel)
+
+
+def _dk(x: Array, g: Array, kernel_shape: tuple[int, ...], form: str) -> Array:
+  """Kernel gradient of the stride-2 conv ``y = s2(x, K)`` for cotangent g."""
+  m = _method("dk", form, kernel_shape[0], x.shape, g.shape[-1])
+  if m == "matmul":
+    return METHODS["dk"][m](x, g, kernel_shape)
+  return _summed_over_chunks(METHODS["dk"][m], x, g, kernel_shape)
+
+
 # ----------------------------------------------------------------------------
 # Public ops.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x: Array, kernel: Array, stride: int, form: str) -> Array:
-  if form == "auto":
-    return _conv_xla(x, kernel, stride)
-  if stride == 1:
+  if stride == 2:
+    return _s2(x, kernel, form)
+  if form == "matmul":
     return _conv_s1(x, kernel)
-  return _conv_im2col(x, kernel, stride)
+  return _per_chunk(_conv_xla, x, kernel, 1)
 
 
 def _conv2d_fwd(x, kernel, stride, form):
@@ -345,26 +549,23 @@ def _conv2d_bwd(stride, form, res, g):
   n, h, w, _ = x.shape
   p = k // 2
   g = g.astype(x.dtype)
-  if stride == 1 and _use_col2im(c_in, c_out):
+  if stride == 2:
+    dx = _t(g, kernel, form, (h, w))
+    dk = _dk(x, g, kernel.shape, form)
+  elif _use_col2im(c_in, c_out):
     # Both forms: patches of the narrow cotangent give both gradients,
     # dx = conv(g, flip(K)^T) and dK[u, v] = x^T @ (g shifted by p - u, p - v).
     pg = _patches(g, k, 1, p, h, w)  # (N, H, W, k*k*C_out), taps k-1-u.
     dx = _matmul(pg, _flip_transpose(kernel).reshape(-1, c_in), x.dtype)
     dk = _dot(x, pg, ((0, 1, 2), (0, 1, 2)), jnp.float32)  # (C_in, k*k*C_out)
     dk = dk.reshape(c_in, k, k, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
-  elif form == "auto":
-    dx = _conv_xla_dx(g, kernel, stride, x.shape)
-    dk = _conv_xla_dk(x, g, kernel.shape, stride)
+  elif form == "matmul":
+    px = _patches(x, k, 1, p, h, w)
+    dk = _dot(px, g, ((0, 1, 2), (0, 1, 2)), jnp.float32).reshape(kernel.shape)
+    dx = _conv_s1(g, _flip_transpose(kernel))
   else:
-    ho, wo = g.shape[1:3]
-    px = _patches(x, k, stride, p, ho, wo)
-    dk = _dot(px, g, ((0, 1, 2), (0, 1, 2)), jnp.float32)
-    dk = dk.reshape(k, k, c_in, c_out)
-    if stride == 1:
-      dx = _conv_s1(g, _flip_transpose(kernel))
-    else:
-      # Adjoint of the stride-2 conv; 2*Ho >= H, crop for odd H.
-      dx = _conv_t(g, kernel)[:, :h, :w]
+    dx = _per_chunk(lambda gc, kk: _conv_xla_dx(gc, kk, 1, gc.shape[:3] + (c_in,)), g, kernel)
+    dk = _summed_over_chunks(_conv_xla_dk, x, g, kernel.shape, 1)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -392,10 +593,8 @@ def conv2d(x: Array, kernel: Array, stride: int) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d_transpose(x: Array, kernel: Array, form: str) -> Array:
-  if form == "auto":
-    n, h, w, _ = x.shape
-    return _conv_xla_dx(x, kernel, 2, (n, 2 * h, 2 * w, kernel.shape[2]))
-  return _conv_t(x, kernel)
+  n, h, w, _ = x.shape
+  return _t(x, kernel, form, (2 * h, 2 * w))
 
 
 def _conv2d_transpose_fwd(x, kernel, form):
@@ -404,20 +603,13 @@ def _conv2d_transpose_fwd(x, kernel, form):
 
 def _conv2d_transpose_bwd(form, res, g):
   x, kernel = res
-  k, _, c_out, c_in = kernel.shape
   g = g.astype(x.dtype)
-  h, w = x.shape[1:3]
   # z = A^T x with A = conv(., K, stride 2), so <z, g> = <x, A g>:
-  # dx = A g and dK = d<x, conv(g, K, 2)>/dK, a stride-2 conv's kernel grad.
-  if form == "auto":
-    dx = _conv_xla(g, kernel, 2)
-    dk = _conv_xla_dk(g, x, kernel.shape, 2)
-  else:
-    # Shared patches: dx = patches(g) @ K, dK = patches(g)^T @ x.
-    pg = _patches(g, k, 2, k // 2, h, w)  # (N, H, W, k*k*C_out)
-    dx = _matmul(pg, kernel.reshape(-1, c_in), x.dtype)
-    dk = _dot(pg, x, ((0, 1, 2), (0, 1, 2)), jnp.float32)
-    dk = dk.reshape(k, k, c_out, c_in)
+  # dx = A g and dK = d<x, conv(g, K, 2)>/dK, a stride-2 conv's kernel
+  # gradient with input g and cotangent x. (Autodiff of lax.conv_transpose
+  # instead gives a kernel-gradient conv that XLA:CPU runs 20-50x slower.)
+  dx = _s2(g, kernel, form)
+  dk = _dk(g, x, kernel.shape, form)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
