@@ -5,8 +5,12 @@ r"""Benchmarks the train step: images/s, compile time, FLOPs, FLOP/s vs matmul p
 
 For each row it times the full pmapped train step (the one training runs)
 over ``--steps`` steps after warm-up and reports the median and spread. FLOPs
-come from XLA's cost analysis of the compiled step; the fraction is taken
-against a jitted square matmul timed in the same run. It also times the
+are the model's: XLA's cost analysis of the same step compiled with stock
+convs (``conv_impl='xla'``), so a fast form's own overhead never counts as
+work; the fraction is taken against a jitted square matmul timed in the same
+run. On Linux it re-executes itself once with glibc's transparent-huge-page
+tunable, as training does (``vaegan_jax/host_memory.py``; ``VAEGAN_HUGEPAGES=0``
+turns that off). It also times the
 routed single-backward step against the naive step (three
 ``jax.value_and_grad`` calls, one per network), and the input pipeline alone.
 Needs no TensorFlow, so it runs on the GPU machine too.
@@ -28,6 +32,7 @@ from absl import flags
 
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
+from vaegan_jax import host_memory
 from vaegan_jax import input_pipeline
 from vaegan_jax import parallel
 from vaegan_jax import reference
@@ -86,6 +91,12 @@ def _batch(config, n: int) -> dict:
   return {"image": np.random.RandomState(0).uniform(-1, 1, (n, s, s, c)).astype(np.float32)}
 
 
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
 def _memory(compiled) -> float:
   """Peak bytes XLA plans for the step: arguments + outputs + temporaries - aliased."""
   try:
@@ -107,9 +118,13 @@ def bench_row(name: str, peak: float) -> dict:
   t = time.perf_counter()
   compiled = one.lower(state, per_dev).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) * jax.device_count()
+  # Model FLOPs: XLA's cost analysis of the same step with stock convs, so
+  # that a conv form's own extra work (zero taps, padding) never counts.
+  stock = row_config(name)
+  stock.model.conv_impl = "xla"
+  stock_one = jax.jit(functools.partial(ts.train_step, config=stock, axis_name=None))
+  flops = _flops(stock_one.lower(state, per_dev).compile()) * jax.device_count()
+  flops_compiled = _flops(compiled) * jax.device_count()
 
   step = ts.make_pmapped_step(config)
   rstate = [parallel.replicate(state)]
@@ -127,6 +142,7 @@ def bench_row(name: str, peak: float) -> dict:
              step_s_p10=float(np.percentile(times, 10)),
              step_s_p90=float(np.percentile(times, 90)),
              images_per_s=b / med, compile_s=compile_s, flops_per_step=flops,
+             flops_per_step_as_compiled=flops_compiled, glibc_hugepages=host_memory.active(),
              flops_per_s=flops / med, fraction_of_matmul_peak=flops / med / peak,
              peak_memory_gib=_memory(compiled) / 2**30)
   if FLAGS.naive and config.kind in ("vaegan", "vae_dis_l", "gan"):
@@ -171,7 +187,8 @@ def _fmt(rows: list[dict], peak: float) -> str:
   head = (f"{'row':<20} {'img/s':>8} {'step s (p10-p90)':>20} {'compile s':>9} "
           f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'naive/routed':>12}")
   lines = [f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-           f"matmul peak {peak / 1e9:.0f} GFLOP/s ({FLAGS.dtype})", head, "-" * len(head)]
+           f"matmul peak {peak / 1e9:.0f} GFLOP/s ({FLAGS.dtype}), "
+           f"glibc huge pages {'on' if host_memory.active() else 'off'}", head, "-" * len(head)]
   for r in rows:
     if "step_s_median" not in r:
       lines.append(f"{r['row']:<20} {r['images_per_s']:>8.0f}")
@@ -200,8 +217,10 @@ def main(argv):
     with open(FLAGS.json_out, "w") as f:
       json.dump(dict(device=jax.devices()[0].device_kind, device_count=jax.device_count(),
                      backend=jax.default_backend(), jax_version=jax.__version__,
-                     matmul_peak_flops=peak, dtype=FLAGS.dtype, rows=rows), f, indent=2)
+                     matmul_peak_flops=peak, dtype=FLAGS.dtype,
+                     glibc_hugepages=host_memory.active(), rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
   app.run(main)

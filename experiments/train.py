@@ -17,6 +17,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vaegan_jax import host_memory
+
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "default.py")
@@ -54,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
   app.run(main)
