@@ -2,7 +2,7 @@
 
 The ops compute exactly ``layers.conv2d_xla`` / ``layers.conv2d_transpose_xla``
 (odd k x k kernel, symmetric pad p = k // 2), as ``jax.custom_vjp`` functions
-whose forward and backward pieces each use one of two forms:
+whose forward and backward pieces each use one of these forms:
 
 * ``'matmul'``: everything is a large matmul plus cheap data movement.
   - im2col (stride-s conv): pad x by p, gather the k*k shifted, strided
@@ -24,20 +24,25 @@ whose forward and backward pieces each use one of two forms:
     conv of g; a transposed conv's input gradient is the im2col stride-2 conv
     of g, whose patches also give its kernel gradient; a stride-1 conv's input
     gradient is a stride-1 conv of g with the flipped, transposed kernel.
-* ``'auto'`` (default): per piece, whichever of the matmul form and XLA's
-  direct (Eigen) conv measured faster on XLA:CPU (2 shared cores; the 64x64
-  model's layer shapes at batch 16, 32 and 64, float32 and bfloat16; see
-  ``experiments/conv_microbench.py``). The direct conv does not materialize
-  k*k times larger patches and won or tied almost every piece, including the
-  input gradients of stride-2 convs. The exceptions, which are the reason for
-  this module:
-  - the kernel gradient of the transposed conv: autodiff of
-    ``lax.conv_transpose`` turns it into a conv that XLA:CPU runs 20-50x
-    slower (13 s for 16x16x256 -> 32x32x128 at batch 64). It is the same sum
-    as the kernel gradient of the stride-2 conv ``conv(g, K, 2)`` with
-    cotangent x, which is fast;
+* ``'phase'``: stride-2 and transposed convs as sums of stride-1 XLA convs
+  over the 4 phases of the stride-2 grid (``_conv_s2_phase``,
+  ``_conv_t_phase``): the same 25 taps, no zero taps. XLA:CPU runs stride-1
+  convs with >= 128 contracted channels at ~95 % of its matmul rate, but
+  stride-2 convs, their input gradients and transposed convs at 30-60 %.
+* ``'auto'`` (default): per piece, whichever of XLA's direct conv and the
+  phase form ``experiments/conv_microbench.py --pieces`` measured faster on
+  XLA:CPU (2 shared cores, the model's shapes at batch 64), see ``_method``:
+  - forward of a stride-2 conv (and input gradient of a transposed conv):
+    phase form from 128 input channels, XLA's conv below;
+  - transposed conv (and input gradient of a stride-2 conv): phase form from
+    16 output channels (1.3-2x faster than XLA's), XLA's below;
+  - kernel gradients: XLA's. Autodiff of ``lax.conv_transpose`` gives a
+    kernel-gradient conv that XLA:CPU runs 20-50x slower, so the transposed
+    conv's kernel gradient is computed as the stride-2 conv's (same sum);
   - the backward of a stride-1 conv with C_out < C_in (the decoder's output
-    conv): the matmul form with patches of the narrow g is 1.3-3x faster.
+    conv): the matmul form with patches of the narrow g (1.3-3x faster).
+  All non-matmul pieces run over batch chunks of ``BATCH_CHUNK`` = 16 images:
+  Eigen's convs lose 1.2-4.7x once a large batch's maps fall out of cache.
 
 Matmuls accumulate in float32 (``preferred_element_type``) and cast back to
 the input dtype, so float32 and bfloat16 inputs both work. The ops support

@@ -14,8 +14,8 @@ so checkpoints are interchangeable between implementations.
 Implementations (``impl``):
   * ``'xla'``: ``lax.conv_general_dilated`` / ``lax.conv_transpose``. Fast under
     cuDNN and the TPU compiler.
-  * ``'fast'``: matmul forms (im2col / sub-pixel) that avoid XLA:CPU's slow
-    paths; see ``vaegan_jax.fast_conv``.
+  * ``'fast'``: ``vaegan_jax.fast_conv``: phase (sub-pixel) forms, batch
+    chunking and custom VJPs that avoid XLA:CPU's slow paths.
   * ``'auto'`` (default): ``'fast'`` on CPU, ``'xla'`` elsewhere.
 """
 
