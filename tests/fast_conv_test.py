@@ -297,3 +297,12 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="form"):
     fast_conv.set_form("cudnn")
   assert fast_conv.set_form("auto") == "auto"
+
+
+@pytest.mark.parametrize("kind", ["s1", "s2", "t"])
+def test_batch_chunks_with_remainder(kind):
+  # 2 full chunks of BATCH_CHUNK plus a partial one: outputs concatenate and
+  # kernel gradients sum over chunks.
+  n = 2 * fast_conv.BATCH_CHUNK + 3
+  x, kernel = _inputs(kind, n, 6, 7, 4, 5, 5, seed=8)
+  _check(kind, x, kernel)
