@@ -26,19 +26,11 @@ from experiments.configs import attribute_classifier as clf_configs
 from experiments.configs import tiny
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import checkpoint
+from vaegan_jax import input_pipeline
 from vaegan_jax import sampling
 from vaegan_jax import train
 
-# The 40 official names, in file-column order.
-ATTRS = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs "
-    "Big_Lips Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair "
-    "Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair "
-    "Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
-    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
-    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings "
-    "Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
+ATTRS = list(input_pipeline.CELEBA_ATTRIBUTE_NAMES)
 PLANTED = ATTRS.index("Smiling")
 NUM_TRAIN, NUM_TEST, SIZE = 32, 16, 16
 

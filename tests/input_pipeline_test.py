@@ -196,16 +196,7 @@ def test_config_errors():
 # ----------------------------------------------------------------------------
 # CelebA (fake files in the official format)
 
-# The 40 official names, in file-column order.
-_ATTRS = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs "
-    "Big_Lips Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair "
-    "Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair "
-    "Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
-    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
-    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings "
-    "Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
+_ATTRS = list(ip.CELEBA_ATTRIBUTE_NAMES)
 
 # Mean (0..255) of the cropped shifted square: white on 108x133 of 148x148.
 _SHIFTED_MEAN = 255 * 108 * 133 / 148**2

@@ -81,6 +81,16 @@ _FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 _TFDS_DATASETS = ("mnist", "cifar10")
 
+# The 40 official CelebA attribute names, in list_attr_celeba.txt's column order
+# (the pipeline reads the names from the file; this is for users and tests).
+CELEBA_ATTRIBUTE_NAMES = tuple(
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs "
+    "Big_Lips Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair "
+    "Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair "
+    "Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
+    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
+    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings "
+    "Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young".split())
 CELEBA_IMAGES = "img_align_celeba.zip"
 CELEBA_PARTITION = "list_eval_partition.txt"
 CELEBA_ATTRIBUTES = "list_attr_celeba.txt"
