@@ -129,16 +129,6 @@ def pieces(kind, x, kernel, g):
           "dk": ("dk", (g, x, kernel.shape))}
 
 
-def _piece(op, method, shape_args, a, b):
-  """One piece as the ops run it: non-matmul methods over batch chunks."""
-  fn = fast_conv.METHODS[op][method]
-  if method == "matmul":
-    return fn(a, b, *shape_args)
-  if op == "dk":
-    return fast_conv._summed_over_chunks(fn, a, b, *shape_args)
-  return fast_conv._per_chunk(fn, a, b)
-
-
 def main_pieces(args, dtype):
   methods = ("xla", "phase", "matmul")
   print(f"{'layer':<13}{'piece':<6}{'op':<4}" + "".join(f"{m + ' (s)':>12}" for m in methods)
@@ -149,12 +139,11 @@ def main_pieces(args, dtype):
       continue
     x, kernel, g = make_inputs(kind, h, c_in, c_out, args.batch, dtype)
     for piece, (op, op_args) in pieces(kind, x, kernel, g).items():
-      shape_args = op_args[2:]
-      fns = {m: jax.jit(functools.partial(_piece, op, m, shape_args)) for m in methods}
+      fns = {m: jax.jit(functools.partial(
+          lambda m, op, a, b: fast_conv.run_piece(op, m, a, b, *op_args[2:]), m, op))
+             for m in methods}
       secs = time_fns(fns, op_args[:2], args.runs)
-      c_out_piece = op_args[1].shape[-1] if op == "dk" else (
-          op_args[1].shape[2] if op == "t" else op_args[1].shape[3])
-      auto = fast_conv._method(op, "auto", 5, op_args[0].shape, c_out_piece)
+      auto = fast_conv._method(op, "auto", *op_args[:2], kernel.shape[0])
       total["auto"] += secs[auto]
       total["best"] += min(secs.values())
       print(f"{name:<13}{piece:<6}{op:<4}" + "".join(f"{secs[m]:>12.4f}" for m in methods)

@@ -419,13 +419,11 @@ def use_form(form: str) -> Iterator[None]:
 # --pieces`` measured fastest on XLA:CPU (2 shared cores, batch 16-64).
 
 
-def _method(op: str, form: str, k: int, x_shape, c_out: int) -> str:
-  """'xla', 'phase' or 'matmul' for one piece.
+def _method(op: str, form: str, a: Array, b: Array, k: int) -> str:
+  """'xla', 'phase' or 'matmul' for one piece ``METHODS[op][.](a, b, ...)``.
 
-  Args:
-    op: 's2', 't' or 'dk'.
-    x_shape: the piece's input (for 'dk', the stride-2 conv's input x).
-    c_out: the piece's output channels (for 'dk', the cotangent's channels).
+  For 's2' and 't', a is the input and b the kernel; for 'dk', a is the
+  stride-2 conv's input x and b the cotangent g. k is the kernel size.
   """
   if form == "matmul":
     return "matmul"
@@ -433,11 +431,10 @@ def _method(op: str, form: str, k: int, x_shape, c_out: int) -> str:
     return "xla"
   if form == "phase":
     return "phase"
-  c_in = x_shape[-1]
   if op == "s2":  # Stride-1 sub-convs are near matmul speed from 128 channels.
-    return "phase" if c_in >= 128 else "xla"
-  if op == "t":
-    return "phase" if c_out >= 16 else "xla"
+    return "phase" if a.shape[-1] >= 128 else "xla"
+  if op == "t":  # Output channels: kernel (k, k, C_out, C_in).
+    return "phase" if b.shape[2] >= 16 else "xla"
   # dk: over batch chunks XLA's own is as fast or faster at every model shape.
   return "xla"
 
@@ -502,31 +499,33 @@ def _summed_over_chunks(fn, x: Array, g: Array, *rest) -> Array:
   return out
 
 
+def run_piece(op: str, method: str, a: Array, b: Array, *rest) -> Array:
+  """``METHODS[op][method](a, b, *rest)``, non-matmul methods over batch chunks."""
+  fn = METHODS[op][method]
+  if method == "matmul":
+    return fn(a, b, *rest)
+  if op == "dk":
+    return _summed_over_chunks(fn, a, b, *rest)
+  return _per_chunk(fn, a, b)
+
+
 def _s2(x: Array, kernel: Array, form: str) -> Array:
-  m = _method("s2", form, kernel.shape[0], x.shape, kernel.shape[3])
-  if m == "matmul":
-    return METHODS["s2"][m](x, kernel)
-  return _per_chunk(METHODS["s2"][m], x, kernel)
+  return run_piece("s2", _method("s2", form, x, kernel, kernel.shape[0]), x, kernel)
 
 
 def _t(x: Array, kernel: Array, form: str, out_hw: tuple[int, int]) -> Array:
   """Transposed conv of x cropped to ``out_hw`` (<= 2H, 2W); kernel (k, k, C_out, C_in)."""
-  m = _method("t", form, kernel.shape[0], x.shape, kernel.shape[2])
-  if m == "matmul":
-    return METHODS["t"][m](x, kernel)[:, :out_hw[0], :out_hw[1]]
+  m = _method("t", form, x, kernel, kernel.shape[0])
   if m == "xla":  # Computes only the kept outputs.
-    fn = lambda xc, kk: _conv_xla_dx(xc, kk, 2, (xc.shape[0], *out_hw, kk.shape[2]))
-  else:
-    fn = lambda xc, kk: _conv_t_phase(xc, kk)[:, :out_hw[0], :out_hw[1]]
-  return _per_chunk(fn, x, kernel)
+    return _per_chunk(
+        lambda xc, kk: _conv_xla_dx(xc, kk, 2, (xc.shape[0], *out_hw, kk.shape[2])), x, kernel)
+  return run_piece("t", m, x, kernel)[:, :out_hw[0], :out_hw[1]]
 
 
 def _dk(x: Array, g: Array, kernel_shape: tuple[int, ...], form: str) -> Array:
   """Kernel gradient of the stride-2 conv ``y = s2(x, K)`` for cotangent g."""
-  m = _method("dk", form, kernel_shape[0], x.shape, g.shape[-1])
-  if m == "matmul":
-    return METHODS["dk"][m](x, g, kernel_shape)
-  return _summed_over_chunks(METHODS["dk"][m], x, g, kernel_shape)
+  m = _method("dk", form, x, g, kernel_shape[0])
+  return run_piece("dk", m, x, g, kernel_shape)
 
 
 # ----------------------------------------------------------------------------
