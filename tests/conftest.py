@@ -7,3 +7,12 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# A fresh evaluation cache (feature classifiers, real-data features) per test
+# session: never the user's ~/.cache, never stale entries.
+import atexit  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+os.environ["VAEGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="vaegan_test_cache_")
+atexit.register(shutil.rmtree, os.environ["VAEGAN_CACHE_DIR"], True)

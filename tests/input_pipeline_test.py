@@ -44,7 +44,7 @@ def _assert_batches_equal(a, b):
 def test_digits_shapes_range_and_splits():
   cfg = _config()
   info = ip.validate(cfg)
-  assert info == ip.DatasetInfo("digits", 32, 1, 1797, ())
+  assert info == ip.DatasetInfo("digits", 32, 1, 1433, (), 10)
   batch = next(ip.batch_iterator(cfg, "train", 16, seed=0))
   assert batch["image"].shape == (16, 32, 32, 1)
   assert batch["image"].dtype == np.float32
@@ -53,11 +53,22 @@ def test_digits_shapes_range_and_splits():
   assert batch["image"].max() > 0.9 and batch["image"].min() == -1.0
   assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
   test = ip.get_source(cfg, "test")
-  assert len(test) == 180
+  assert len(test) == 364
   train = ip.get_source(cfg, "train")
-  # 'test' is every 10th image of 'train'.
-  np.testing.assert_array_equal(test.get(np.arange(3))["image"],
-                                train.get(np.array([0, 10, 20]))["image"])
+  everything = ip.get_source(cfg, "all")
+  assert len(everything) == 1797 and len(train) == 1433
+  # 'test' is every 5th image of each class, held out: 'train' is the rest.
+  labels = everything.get(np.arange(1797))["label"]
+  want = np.sort(np.concatenate([np.flatnonzero(labels == c)[::5] for c in range(10)]))
+  np.testing.assert_array_equal(test.get(np.arange(len(test)))["image"],
+                                everything.get(want)["image"])
+  assert np.bincount(test.get(np.arange(len(test)))["label"]).min() >= 35
+  rest = np.setdiff1d(np.arange(1797), want)
+  np.testing.assert_array_equal(train.get(np.arange(len(train)))["image"],
+                                everything.get(rest)["image"])
+  train_set = {train.get(np.array([i]))["image"].tobytes() for i in range(len(train))}
+  assert not any(test.get(np.array([i]))["image"].tobytes() in train_set
+                 for i in range(len(test)))
   raw = train.get(np.arange(4))
   assert raw["image"].dtype == np.uint8 and raw["image"].shape == (4, 32, 32, 1)
   assert len(ip.get_source(_config(num_examples=100), "train")) == 100
@@ -76,7 +87,7 @@ def test_determinism_from_seed_and_step():
   # The batch contents are exactly the documented indices and flips.
   source = ip.get_source(cfg, "train")
   for step in range(4):
-    idx = ip.global_batch_indices(1797, 32, 3, step)
+    idx = ip.global_batch_indices(1433, 32, 3, step)
     want = ip.preprocess(source.get(idx), cfg,
                          flip=ip.global_flip_mask(3, step, 32))
     _assert_batches_equal([a[step]], [want])
@@ -89,8 +100,8 @@ def test_determinism_from_seed_and_step():
 def test_resume_equals_skipping():
   cfg = _config(hflip=True)
   full = _take(ip.batch_iterator(cfg, "train", 64, seed=1), 60)
-  # 1797 // 64 = 28 batches per epoch: resume inside epoch 0 and in epoch 2.
-  for k in (5, 57):
+  # 1433 // 64 = 22 batches per epoch: resume inside epoch 0 and in epoch 2.
+  for k in (5, 50):
     resumed = _take(ip.batch_iterator(cfg, "train", 64, seed=1, start_step=k),
                     3)
     _assert_batches_equal(full[k:k + 3], resumed)
@@ -418,9 +429,10 @@ def test_folder_center_crop(tmp_path):
   root = str(tmp_path / "imgs")
   _write_folder(root)
   cfg = _config(name="folder", folder=root, image_size=16, channels=3)
-  assert ip.validate(cfg) == ip.DatasetInfo("folder", 16, 3, 3, ())
-  assert len(ip.get_source(cfg, "test")) == 1  # Every 20th file: a.png.
-  batch = next(ip.batch_iterator(cfg, "train", 3, seed=0, shuffle=False))
+  assert ip.validate(cfg) == ip.DatasetInfo("folder", 16, 3, 2, ())
+  assert len(ip.get_source(cfg, "test")) == 1  # Every 20th file: a.png, held out.
+  assert len(ip.get_source(cfg, "train")) == 2
+  batch = next(ip.batch_iterator(cfg, "all", 3, seed=0, shuffle=False))
   out = _to_uint(batch["image"])
   assert out.shape == (3, 16, 16, 3) and set(batch) == {"image"}
   np.testing.assert_allclose(out[0], np.broadcast_to(_GREEN, (16, 16, 3)),
@@ -428,7 +440,7 @@ def test_folder_center_crop(tmp_path):
   np.testing.assert_allclose(out[1], 255, atol=1)  # Gray -> RGB white.
   np.testing.assert_allclose(out[2].mean((0, 1)), _GREEN, atol=8)
   gray = ip.get_source(_config(name="folder", folder=root, image_size=8,
-                               channels=1), "train").get(np.arange(2))
+                               channels=1), "all").get(np.arange(2))
   assert gray["image"].shape == (2, 8, 8, 1)
   np.testing.assert_allclose(gray["image"][0], 150, atol=2)  # L of green.
   np.testing.assert_array_equal(gray["image"][1], 255)
@@ -453,7 +465,7 @@ def test_tfds_datasets_with_mock_data(name, channels):
   cfg = _config(name=name, channels=channels, eval_split="test")
   with tfds.testing.mock_data(num_examples=10):
     info = ip.validate(cfg)
-    assert info == ip.DatasetInfo(name, 32, channels, 10, ())
+    assert info == ip.DatasetInfo(name, 32, channels, 10, (), 10)
     batches = _take(ip.batch_iterator(cfg, "train", 4, seed=0), 3)
   for batch in batches:
     assert batch["image"].shape == (4, 32, 32, channels)

@@ -1,4 +1,14 @@
-"""Attribute classifier and the attribute-similarity metric (paper Sec. 5.3).
+"""Image classifier (attributes or classes) and the attribute-similarity metric.
+
+Two uses, one network:
+  * paper Sec. 5.3: an attribute classifier scores attribute-conditional
+    generators (``labels='attributes'``, multi-label, sigmoid outputs);
+  * evaluation (``vaegan_jax/evaluation``): where no Inception weights are
+    given, a classifier trained on the dataset's own labels supplies the
+    feature space of FID/KID/precision/recall (its penultimate layer,
+    ``Classifier.features``) and the class probabilities of the
+    Inception-score-like figure (``labels='classes'``, digits/MNIST/CIFAR-10,
+    softmax outputs; or CelebA's attributes).
 
 Larsen et al. (2016) evaluate attribute-conditional generators (GAN, VAE,
 VAE-GAN, all conditioned on an attribute vector y) with a separate attribute
@@ -13,11 +23,14 @@ The classifier is the discriminator's conv stack with A outputs:
   x (B, S, S, C) in [-1, 1]
   -> conv ``first`` (5x5, stride 1, bias), ReLU
   -> for w in ``widths``: conv w (5x5, stride 2, pad 2, no bias), BN, ReLU
-  -> flatten -> dense ``dense`` (no bias), BN, ReLU
-  -> dense A (bias): logits (B, A); P(attribute a) = sigmoid(logit a)
+  -> flatten -> dense ``dense`` (no bias), BN, ReLU   = the features (B, dense)
+  -> dense K (bias): logits (B, K)
 
-trained with the sigmoid binary cross-entropy against labels y in {0, 1},
-averaged over examples and attributes, with Adam. It runs on one device
+With ``labels='attributes'`` K = A attributes, P(attribute a) = sigmoid(logit
+a), trained with the sigmoid binary cross-entropy against y in {0, 1}
+averaged over examples and attributes. With ``labels='classes'`` K =
+``num_classes``, P(class) = softmax(logits), trained with the softmax cross-
+entropy against the integer 'label'. Adam in both cases. It runs on one device
 (``jax.jit``): it is small and this keeps it simple.
 
 Checkpoints: ``workdir/classifier/<step>/{state,config}`` (Orbax; config as
@@ -118,6 +131,17 @@ class ClassifierArch:
   dense: int = 512
   bn_momentum: float = 0.9
   conv_impl: str = 'auto'  # see layers.py
+  labels: str = 'attributes'  # 'attributes' (multi-label) | 'classes' (one label)
+  num_classes: int = 0  # outputs when labels='classes'
+
+  @property
+  def num_outputs(self) -> int:
+    return self.num_classes if self.labels == 'classes' else self.num_attributes
+
+  @property
+  def label_key(self) -> str:
+    """The batch key of the targets: 'attributes' (B, A) or 'label' (B,)."""
+    return 'label' if self.labels == 'classes' else 'attributes'
 
   @classmethod
   def from_config(cls, config) -> 'ClassifierArch':
@@ -138,9 +162,12 @@ class ClassifierArch:
     if n < 1 or self.image_size % (2 ** n):
       raise ClassifierError(f'image_size={self.image_size} must be divisible by '
                             f'2**len(model.widths)={2 ** n}.')
-    if self.num_attributes < 1:
-      raise ClassifierError(f'model.num_attributes must be >= 1, got '
-                            f'{self.num_attributes}.')
+    if self.labels not in ('attributes', 'classes'):
+      raise ClassifierError(f"model.labels must be 'attributes' or 'classes', got "
+                            f'{self.labels!r}.')
+    if self.num_outputs < 1:
+      field = 'num_classes' if self.labels == 'classes' else 'num_attributes'
+      raise ClassifierError(f'model.{field} must be >= 1, got {self.num_outputs}.')
     try:
       layers.resolve_impl(self.conv_impl)
     except ValueError as e:
@@ -148,11 +175,11 @@ class ClassifierArch:
 
 
 class AttributeClassifier(nn.Module):
-  """x (B, S, S, C) in [-1, 1] -> attribute logits (B, A) float32."""
+  """x (B, S, S, C) in [-1, 1] -> logits (B, K) float32 [, features (B, dense)]."""
   arch: ClassifierArch
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, return_features: bool = False):
     a = self.arch
     bn = functools.partial(nn.BatchNorm, use_running_average=not train,
                            momentum=a.bn_momentum, epsilon=1e-5)
@@ -165,7 +192,8 @@ class AttributeClassifier(nn.Module):
     h = h.reshape(h.shape[0], -1)
     h = nn.Dense(a.dense, use_bias=False, name='dense')(h)
     h = nn.relu(bn(name='bn_dense')(h))
-    return nn.Dense(a.num_attributes, name='logits')(h).astype(jnp.float32)
+    logits = nn.Dense(a.num_outputs, name='logits')(h).astype(jnp.float32)
+    return (logits, h.astype(jnp.float32)) if return_features else logits
 
 
 @flax.struct.dataclass
@@ -186,6 +214,14 @@ def bce_loss(logits: Array, y: Array) -> Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
 
 
+def _loss_and_accuracy(arch: ClassifierArch, logits: Array, y: Array):
+  if arch.labels == 'classes':
+    labels = y.astype(jnp.int32)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return loss, jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+  return bce_loss(logits, y), jnp.mean(((logits > 0) == (y > 0.5)).astype(jnp.float32))
+
+
 def create_state(arch: ClassifierArch, learning_rate: float, rng: Array) -> ClassifierState:
   """Freshly initialised parameters and optimizer state."""
   model = AttributeClassifier(arch)
@@ -199,23 +235,23 @@ def create_state(arch: ClassifierArch, learning_rate: float, rng: Array) -> Clas
 
 @functools.lru_cache(maxsize=None)
 def _train_step_fn(arch: ClassifierArch, learning_rate: float):
-  """Jitted (state, x (B,S,S,C), y (B,A)) -> (state, {'loss', 'accuracy'})."""
+  """Jitted (state, x (B,S,S,C), y) -> (state, {'loss', 'accuracy'})."""
   model = AttributeClassifier(arch)
   tx = _optimizer(learning_rate)
 
   def loss_fn(params, batch_stats, x, y):
     logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x,
                                    train=True, mutable=['batch_stats'])
-    return bce_loss(logits, y), (logits, new_vars['batch_stats'])
+    loss, acc = _loss_and_accuracy(arch, logits, y)
+    return loss, (acc, new_vars['batch_stats'])
 
   @jax.jit
   def step(state: ClassifierState, x: Array, y: Array):
-    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, x, y)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         batch_stats=stats, opt_state=opt_state)
-    acc = jnp.mean(((logits > 0) == (y > 0.5)).astype(jnp.float32))
     return new, {'loss': loss, 'accuracy': acc}
 
   return step
@@ -223,20 +259,25 @@ def _train_step_fn(arch: ClassifierArch, learning_rate: float):
 
 def train_step(state: ClassifierState, x: Any, y: Any, *, arch: ClassifierArch,
                learning_rate: float) -> tuple[ClassifierState, dict[str, Array]]:
-  """One Adam step on the BCE of images x (B, S, S, C) vs labels y (B, A)."""
-  return _train_step_fn(arch, float(learning_rate))(
-      state, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+  """One Adam step on images x (B, S, S, C) vs targets y.
+
+  y is (B, A) in {0, 1} for ``labels='attributes'`` (sigmoid BCE) or (B,)
+  integer classes for ``labels='classes'`` (softmax cross-entropy).
+  """
+  y = jnp.asarray(y, jnp.int32 if arch.labels == 'classes' else jnp.float32)
+  return _train_step_fn(arch, float(learning_rate))(state, jnp.asarray(x, jnp.float32), y)
 
 
 @functools.lru_cache(maxsize=None)
-def _logits_fn(arch: ClassifierArch):
+def _apply_fn(arch: ClassifierArch):
   model = AttributeClassifier(arch)
 
   @jax.jit
-  def logits(params, batch_stats, x):
-    return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+  def apply(params, batch_stats, x):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False,
+                       return_features=True)
 
-  return logits
+  return apply
 
 
 class Classifier:
@@ -256,27 +297,53 @@ class Classifier:
     self.step = int(step)
     self.chunk_size = int(chunk_size)
     self._variables = jax.device_put((params, batch_stats))
-    self._logits = _logits_fn(arch)
+    self._apply = _apply_fn(arch)
 
-  def logits(self, images: Any) -> np.ndarray:
-    """images (B, S, S, C) in [-1, 1] -> logits (B, A) float32 (host)."""
+  @property
+  def variables(self) -> tuple[Any, Any]:
+    """(params, batch_stats) on the device."""
+    return self._variables
+
+  def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+    """images (B, S, S, C) in [-1, 1] -> (logits (B, K), features (B, dense)), host float32.
+
+    Runs in chunks of ``chunk_size`` (the last one zero-padded: one executable).
+    """
     x = jnp.asarray(images, jnp.float32)
     a = self.arch
     if x.ndim != 4 or x.shape[1:] != (a.image_size, a.image_size, a.channels):
       raise ValueError(f'The classifier takes (B, {a.image_size}, {a.image_size}, '
                        f'{a.channels}) images, got {x.shape}.')
-    out, c = [], self.chunk_size
+    logits, feats, c = [], [], self.chunk_size
     for s in range(0, x.shape[0], c):
       part = x[s:s + c]
       m = part.shape[0]
       if m < c and x.shape[0] > c:  # One executable for every chunk.
         part = jnp.pad(part, [(0, c - m), (0, 0), (0, 0), (0, 0)])
-      out.append(np.asarray(self._logits(*self._variables, part))[:m])
-    return np.concatenate(out) if out else np.zeros((0, a.num_attributes), np.float32)
+      lg, ft = self._apply(*self._variables, part)
+      logits.append(np.asarray(lg)[:m])
+      feats.append(np.asarray(ft)[:m])
+    if not logits:
+      return (np.zeros((0, a.num_outputs), np.float32), np.zeros((0, a.dense), np.float32))
+    return np.concatenate(logits), np.concatenate(feats)
+
+  def logits(self, images: Any) -> np.ndarray:
+    """images (B, S, S, C) in [-1, 1] -> logits (B, K) float32 (host)."""
+    return self.logits_and_features(images)[0]
+
+  def features(self, images: Any) -> np.ndarray:
+    """images (B, S, S, C) in [-1, 1] -> penultimate features (B, dense) float32."""
+    return self.logits_and_features(images)[1]
+
+  def probs_from_logits(self, logits: Any) -> np.ndarray:
+    """Sigmoid (attributes) or softmax (classes) of logits (B, K)."""
+    fn = jax.nn.softmax if self.arch.labels == 'classes' else jax.nn.sigmoid
+    return np.asarray(fn(jnp.asarray(logits, jnp.float32)), np.float32)
 
   def predict_probs(self, images: Any) -> np.ndarray:
-    """images (B, S, S, C) in [-1, 1] -> P(attribute) (B, A) float32 in [0, 1]."""
-    return np.asarray(jax.nn.sigmoid(self.logits(images)), np.float32)
+    """images (B, S, S, C) in [-1, 1] -> probabilities (B, K) float32 in [0, 1]:
+    P(attribute) per attribute, or P(class) summing to 1 with labels='classes'."""
+    return self.probs_from_logits(self.logits(images))
 
 
 # ----------------------------------------------------------------------------
@@ -285,17 +352,20 @@ class Classifier:
 
 def predict_dataset(classifier: Classifier, batches: Iterable[Mapping[str, Any]]
                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Labels and predictions over batches with 'image' and 'attributes'.
+  """Labels and predictions over batches with 'image' and the classifier's targets.
 
   Returns:
-    (y (N, A) float32 labels, p (N, A) float32 predicted probabilities).
+    (y, p): y (N, A) float32 attributes or (N,) int32 classes, as the
+    classifier's ``arch.label_key``; p (N, K) float32 predicted probabilities.
   """
+  key = classifier.arch.label_key
   ys, ps = [], []
   for batch in batches:
-    if 'attributes' not in batch:
-      raise ClassifierError('The data have no attributes: use a dataset with '
-                            'attributes (e.g. data.name=celeb_a).')
-    ys.append(np.asarray(batch['attributes'], np.float32))
+    if key not in batch:
+      raise ClassifierError(f'The data have no {key!r}: use a dataset with '
+                            + ('attributes (e.g. data.name=celeb_a).' if key == 'attributes'
+                               else 'class labels (digits, mnist, cifar10).'))
+    ys.append(np.asarray(batch[key], np.int32 if key == 'label' else np.float32))
     ps.append(classifier.predict_probs(batch['image']))
   if not ys:
     raise ClassifierError('No examples to classify.')
@@ -327,7 +397,10 @@ def predict_conditional_samples(sampler: Any, classifier: Classifier, y: Any,
 
 
 def evaluate(classifier: Classifier, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-  """BCE, accuracy and per-attribute accuracy of ``classifier`` on ``batches``.
+  """Loss and accuracy of ``classifier`` on ``batches``.
+
+  For ``labels='classes'``: the cross-entropy, the accuracy and the majority
+  baseline (always the most frequent class of these labels). Otherwise:
 
   'majority_accuracy' is the accuracy of always predicting each attribute's
   majority value *in these labels*: the floor a useful classifier must beat
@@ -335,6 +408,11 @@ def evaluate(classifier: Classifier, batches: Iterable[Mapping[str, Any]]) -> di
   """
   y, p = predict_dataset(classifier, batches)
   eps = 1e-7
+  if classifier.arch.labels == 'classes':
+    ce = -np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), eps, 1.0)))
+    counts = np.bincount(y, minlength=p.shape[1])
+    return dict(loss=float(ce), accuracy=float(np.mean(np.argmax(p, 1) == y)),
+                majority_accuracy=float(counts.max() / len(y)), num_examples=int(len(y)))
   pc = np.clip(p.astype(np.float64), eps, 1 - eps)
   bce = -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))
   per_attr = np.mean((p > 0.5) == (y > 0.5), axis=0)
@@ -371,13 +449,21 @@ def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.Dataset
   if not float(config.learning_rate) > 0:
     raise ClassifierError(f'learning_rate must be > 0, got {config.learning_rate}.')
   info = input_pipeline.validate(config.data)
-  if not info.attribute_names:
+  if arch.labels == 'classes':
+    if not info.num_classes:
+      raise ClassifierError(f'Dataset {info.name!r} has no class labels: use '
+                            "--config.model.labels=attributes or a labelled dataset.")
+    if info.num_classes != arch.num_classes:
+      raise ClassifierError(f'model.num_classes={arch.num_classes} but dataset {info.name!r} '
+                            f'has {info.num_classes} classes; set --config.model.num_classes='
+                            f'{info.num_classes}.')
+  elif not info.attribute_names:
     raise ClassifierError(f'Dataset {info.name!r} has no attributes: train the classifier '
                           'on a dataset with attributes (data.name=celeb_a).')
   if info.num_examples < int(config.batch_size):
     raise ClassifierError(f'Split {config.data.train_split!r} has {info.num_examples} examples, '
                           f'fewer than batch_size={config.batch_size}: lower --config.batch_size.')
-  if len(info.attribute_names) != arch.num_attributes:
+  if arch.labels == 'attributes' and len(info.attribute_names) != arch.num_attributes:
     raise ClassifierError(
         f'model.num_attributes={arch.num_attributes} but dataset {info.name!r} has '
         f'{len(info.attribute_names)} attributes; set --config.model.num_attributes='
@@ -413,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Class
                               attribute_names=info.attribute_names, step=int(s.step))
   for step in range(start, total):
     batch = next(batches)
-    state, metrics = train_step(state, batch['image'], batch['attributes'], arch=arch,
+    state, metrics = train_step(state, batch['image'], batch[arch.label_key], arch=arch,
                                 learning_rate=lr)
     window.append(metrics)
     s = step + 1

@@ -4,12 +4,13 @@ Datasets (``data_config.name``):
   * ``'digits'``: scikit-learn's ``load_digits()`` (1,797 8x8 images, values
     0..16, shipped inside scikit-learn: nothing is downloaded). Scaled to uint8
     (``round(v * 255 / 16)``), resized to ``image_size`` with PIL BICUBIC,
-    1 channel, label = digit. Splits: ``'train'`` = all 1,797 images (the
-    default run trains on everything); ``'test'`` = every 10th image
-    (indices 0, 10, ..., 1790: 180 images). The test images are *also* in
-    ``'train'``: the split is only "held-out-ish", for quick sample grids and
-    reconstruction checks, not for generalisation claims. The resized array
-    is cached in memory per ``image_size``.
+    1 channel, label = digit. Splits: ``'test'`` = every 5th image *of each
+    class* (its 1st, 6th, 11th, ... in file order: 363 images, 35 to 37 per
+    class; every 5th image overall would hold 26 to 48 per class, as the file
+    cycles through the digits), held out: ``'train'`` is the other 1,433;
+    ``'all'`` is all 1,797. Evaluation uses ``'test'`` for
+    held-out reconstructions and ``'train'`` as the real reference. The
+    resized array is cached in memory per ``image_size``.
   * ``'mnist'``, ``'cifar10'``: prepared TFDS datasets read with
     ``tfds.data_source(..., download=False)`` (ArrayRecord format, no TF
     needed). Nothing is ever downloaded; if the dataset is not prepared a
@@ -35,8 +36,9 @@ Datasets (``data_config.name``):
   * ``'folder'``: every ``.png/.jpg/.jpeg/.bmp/.webp`` file under
     ``data_config.folder`` (recursive, sorted by relative path), EXIF
     orientation applied, converted to RGB or L by ``channels``, center-cropped
-    to a square and resized to ``image_size``. Splits: ``'train'`` = all
-    files, ``'test'`` = every 20th file (0, 20, 40, ...; also in train).
+    to a square and resized to ``image_size``. Splits: ``'test'`` = every
+    20th file (0, 20, 40, ...), held out; ``'train'`` = the other files;
+    ``'all'`` = every file.
 
 Resizing (all datasets): PIL LANCZOS when shrinking (antialiased), BICUBIC
 when enlarging; done on uint8 in the loading threads.
@@ -75,7 +77,7 @@ _SIZE_MULTIPLE = 8
 _MAX_IMAGE_SIZE = 1024
 
 _DIGITS_NUM = 1797
-_DIGITS_TEST_EVERY = 10
+_DIGITS_TEST_EVERY = 5
 _FOLDER_TEST_EVERY = 20
 _FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -119,6 +121,7 @@ class DatasetInfo:
   channels: int  # 1 or 3.
   num_examples: int  # Of the split (after the ``num_examples`` cap).
   attribute_names: tuple[str, ...] = ()  # CelebA: the 40 attributes.
+  num_classes: int = 0  # Datasets with a 'label' (digits, mnist, cifar10).
 
 
 # ----------------------------------------------------------------------------
@@ -296,10 +299,16 @@ def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+@functools.lru_cache(maxsize=4)
 def _digits_split_indices(split: str) -> np.ndarray:
-  if split == "train":
-    return np.arange(_DIGITS_NUM)
-  return np.arange(0, _DIGITS_NUM, _DIGITS_TEST_EVERY)
+  every = np.arange(_DIGITS_NUM)
+  if split == "all":
+    return every
+  labels = _digits_arrays(8)[1]
+  held_out = np.zeros(_DIGITS_NUM, bool)
+  for c in range(10):  # Stratified: every 5th occurrence of each class.
+    held_out[np.flatnonzero(labels == c)[::_DIGITS_TEST_EVERY]] = True
+  return every[held_out] if split == "test" else every[~held_out]
 
 
 # --- TFDS (mnist, cifar10) --------------------------------------------------
@@ -571,8 +580,12 @@ def _folder_files(cfg: Any) -> tuple[str, list[str]]:
 
 
 def _folder_split(files: list[str], split: str) -> list[str]:
-  _check_split("folder", split, ("train", "test"))
-  return files if split == "train" else files[::_FOLDER_TEST_EVERY]
+  _check_split("folder", split, ("train", "test", "all"))
+  if split == "all":
+    return files
+  if split == "test":
+    return files[::_FOLDER_TEST_EVERY]
+  return [f for i, f in enumerate(files) if i % _FOLDER_TEST_EVERY]
 
 
 def load_folder_image(path: str, image_size: int, channels: int) -> np.ndarray:
@@ -612,7 +625,7 @@ def _split_info(cfg: Any, split: str) -> DatasetInfo:
   cap = _cap(cfg)
   attribute_names = ()
   if name == "digits":
-    _check_split(name, split, ("train", "test"))
+    _check_split(name, split, ("train", "test", "all"))
     n = len(_digits_split_indices(split))
   elif name in _TFDS_DATASETS:
     n = len(_open_tfds(name, split, _get(cfg, "data_dir")))
@@ -626,8 +639,9 @@ def _split_info(cfg: Any, split: str) -> DatasetInfo:
   if n == 0:
     raise DataError(f"Split {split!r} of {name!r} is empty: choose another "
                     "split (data.train_split / data.eval_split).")
+  num_classes = 10 if name in ("digits",) + _TFDS_DATASETS else 0
   return DatasetInfo(name, size, channels, min(n, cap) if cap else n,
-                     attribute_names)
+                     attribute_names, num_classes)
 
 
 def validate(data_config: Any) -> DatasetInfo:
@@ -653,14 +667,14 @@ def get_source(data_config: Any, split: str) -> Source:
   name, size, channels = _check_common(data_config)
   cap = _cap(data_config)
   if name == "digits":
-    _check_split(name, split, ("train", "test"))
+    _check_split(name, split, ("train", "test", "all"))
     images, labels = _digits_arrays(size)
     idx = _digits_split_indices(split)
-    source = _ArraySource(DatasetInfo(name, size, 1, len(idx)),
+    source = _ArraySource(DatasetInfo(name, size, 1, len(idx), num_classes=10),
                           images[idx], labels[idx])
   elif name in _TFDS_DATASETS:
     ds = _open_tfds(name, split, _get(data_config, "data_dir"))
-    source = _TfdsSource(DatasetInfo(name, size, channels, len(ds)), ds)
+    source = _TfdsSource(DatasetInfo(name, size, channels, len(ds), num_classes=10), ds)
   elif name == "celeb_a":
     source = _CelebASource(celeba_manual_dir(data_config), split, size)
   else:

@@ -43,6 +43,17 @@ class MetricWriter:
     text = " ".join(f"{k}={clean[k]:.4g}" for k in keys)
     logging.info("step %d %s %s", step, text, console_extra or "")
 
+  def write_eval(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Evaluation scalars (tags under ``eval/``): TensorBoard and metrics.jsonl, no console."""
+    if not self.enabled or not scalars:
+      return
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, float(v), step)
+    self._tb.flush()
+    self._jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}})
+                      + "\n")
+    self._jsonl.flush()
+
   def write_grid(self, step: int, name: str, images: np.ndarray, ncols: int) -> str:
     """Writes images (N, H, W, C) in [-1, 1] as samples/<name>_<step>.png and to TensorBoard."""
     if not self.enabled:

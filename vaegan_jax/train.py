@@ -1,7 +1,9 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
 Reads top to bottom: validate, build or restore the state, then step with
-periodic logging, sample grids and checkpoints. Resuming is exact: the state
+periodic logging, sample grids, evaluations (``config.eval_every``: FID, KID,
+precision/recall and reconstruction metrics, ``vaegan_jax/evaluation``) and
+checkpoints. Resuming is exact: the state
 holds the step and the RNG key, and the input order is a pure function of
 (seed, step). SIGTERM saves a checkpoint and returns; a non-finite loss stops
 training without touching the last good checkpoint.
@@ -24,6 +26,8 @@ from vaegan_jax import metric_writer
 from vaegan_jax import models
 from vaegan_jax import parallel
 from vaegan_jax import train_step as ts
+from vaegan_jax.evaluation import evaluator
+from vaegan_jax.evaluation import features as eval_features
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,7 +40,7 @@ class ConfigError(ValueError):
 
 # Errors that the binary reports as one line, without a traceback.
 USER_ERRORS = (ConfigError, input_pipeline.DataError, checkpoint.CheckpointError,
-               NonFiniteLossError)
+               NonFiniteLossError, eval_features.FeatureError)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
@@ -58,6 +62,11 @@ def _validate(config):
   for k in ("num_train_steps", "log_every", "checkpoint_every", "sample_every"):
     if int(config[k]) <= 0:
       raise ValueError(f"{k} must be positive, got {config[k]}; e.g. --config.{k}=100.")
+  if int(config.get("eval_every", 0)) < 0:
+    raise ValueError(f"eval_every must be >= 0 (0: off), got {config.eval_every}.")
+  if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
+    raise ValueError(f"eval_num must be >= 2, got {config.get('eval_num')}; e.g. "
+                     "--config.eval_num=1000.")
   parallel.check_batch_size(config.batch_size)
   if config.data.image_size != arch.image_size or config.data.channels != arch.channels:
     raise ValueError(
@@ -166,6 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   z_fixed = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n * n, arch.z_dim))
   eval_batch = _eval_batch(config, n * n)
 
+  extractor, no_features = _eval_features(config) if is_chief else (None, "")
+
   step_fn = ts.make_pmapped_step(config)
   rstate = parallel.replicate(state)
   del state
@@ -189,6 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         window, t_log, step_log = [], time.time(), s
       if is_chief and (s % config.sample_every == 0 or last):
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)
+      if is_chief and _eval_due(config, s, total) and not preempt.requested:
+        _check_finite(rstate)
+        _evaluate(writer, workdir, parallel.unreplicate(rstate), config, extractor, no_features)
       if s % config.checkpoint_every == 0 or last:
         _check_finite(rstate)
         checkpoint.save(mngr, parallel.unreplicate(rstate), config)
@@ -199,6 +213,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   mngr.close()
   writer.close()
   return parallel.unreplicate(rstate)
+
+
+def _eval_features(config):
+  """(extractor, why none): resolved before the first step, so errors come early."""
+  if not config.get("eval_every"):
+    return None, ""
+  return eval_features.resolve(config.get("eval_features", "auto"), config.data,
+                               inception_weights=config.get("eval_inception_weights"))
+
+
+def _eval_due(config, s: int, total: int) -> bool:
+  every = int(config.get("eval_every", 0))
+  return bool(every) and (s % every == 0 or s == total)
+
+
+def _evaluate(writer, workdir, state, config, extractor, no_features) -> None:
+  """One evaluation at ``state.step``: workdir/eval/step_<N>.json and eval/ scalars.
+
+  A failing evaluation is logged and training goes on: a metric must never
+  cost the run it measures.
+  """
+  try:
+    report = evaluator.evaluate_state(state, config, num=int(config.eval_num),
+                                      extractor=extractor, no_features_reason=no_features,
+                                      seed=int(config.seed))
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Evaluation at step %d failed (%s: %s); training goes on.",
+                    int(state.step), type(e).__name__, str(e).splitlines()[0][:300])
+    return
+  evaluator.write_report(workdir, report)
+  writer.write_eval(report["step"], evaluator.scalars(report))
+  for line in evaluator.format_table(report).splitlines():
+    logging.info("%s", line)
 
 
 def _eval_batch(config, num: int) -> dict:

@@ -38,4 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 2_000
   c.sample_every = 1_000
+  # FID on CelebA: pass the converted Inception weights for the standard one
+  # (--config.eval_inception_weights=fid_inception.npz); without them the
+  # first evaluation trains the 40-attribute classifier once (cached).
+  c.eval_every = 5_000
+  c.eval_num = 5_000
   return c

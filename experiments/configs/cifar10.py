@@ -19,4 +19,6 @@ def get_config():
   c.data.update(dict(name="cifar10", image_size=32, channels=3, hflip=True,
                      train_split="train", eval_split="test"))
   c.num_train_steps = 50_000
+  c.eval_every = 5_000
+  c.eval_num = 5_000
   return c

@@ -67,4 +67,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every = 100
   c.num_sample_images = 64
+  # Evaluation during training (vaegan_jax/evaluation): FID/KID/precision/recall
+  # of eval_num samples in the features of eval_features ('auto': Inception if
+  # eval_inception_weights is set, else the dataset's own classifier), and the
+  # held-out reconstruction metrics; workdir/eval/step_<N>.json, TensorBoard eval/.
+  # 0 turns it off.
+  c.eval_every = 500
+  c.eval_num = 1000
+  c.eval_features = "auto"
+  c.eval_inception_weights = config_dict.placeholder(str)
   return c

@@ -13,4 +13,6 @@ def get_config():
   c.data.update(dict(name="mnist", image_size=32, channels=1, train_split="train",
                      eval_split="test"))
   c.num_train_steps = 20_000
+  c.eval_every = 2_000
+  c.eval_num = 5_000
   return c

@@ -19,4 +19,6 @@ def get_config():
   c.checkpoint_every = 10
   c.sample_every = 10
   c.num_sample_images = 16
+  c.eval_every = 0  # Tests that want evaluation turn it on.
+  c.eval_num = 64
   return c

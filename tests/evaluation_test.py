@@ -1,0 +1,209 @@
+"""Evaluation end to end: during training, the binary, the library, real vs untrained.
+
+Uses the tiny config (16x16 digits) and the session's fresh cache
+(``VAEGAN_CACHE_DIR``, set in conftest.py): the digits feature classifier is
+trained once here, then reused.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments.configs import tiny
+from vaegan_jax import sampling
+from vaegan_jax import train
+from vaegan_jax import train_step as ts
+from vaegan_jax.evaluation import evaluator
+from vaegan_jax.evaluation import features
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SAMPLE_FIELDS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score",
+                 "confidence", "class_coverage", "class_tv")
+RECON_FIELDS = ("mse", "psnr", "dis_l_error", "kl", "recon_nll", "elbo", "pixel_nll", "fid",
+                "precision", "recall", "confidence", "class_coverage", "accuracy")
+
+
+def _config(**kw):
+  c = tiny.get_config()
+  c.model.conv_impl = "xla"
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("run"))
+  config = _config(num_train_steps=6, checkpoint_every=3, log_every=3, sample_every=6,
+                   eval_every=6, eval_num=64)
+  state = train.train_and_evaluate(config, wd)
+  return wd, config, state
+
+
+@pytest.fixture(scope="module")
+def extractor():
+  ext, why = features.resolve("auto", _config().data)
+  assert ext is not None, why
+  return ext
+
+
+def _walk_numbers(report):
+  for v in report.values():
+    if isinstance(v, dict):
+      yield from _walk_numbers(v)
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      yield v
+
+
+def test_training_writes_a_complete_finite_report(trained):
+  wd, config, _ = trained
+  assert sorted(os.listdir(os.path.join(wd, "eval"))) == ["step_6.json"]
+  report = json.load(open(os.path.join(wd, "eval", "step_6.json")))
+  assert report["features"] == "digits_classifier" and report["feature_dim"] == 128
+  assert report["num"] == 64 and report["num_heldout"] == 64
+  for f in SAMPLE_FIELDS:
+    assert f in report["samples"], f
+  for f in RECON_FIELDS:
+    assert f in report["reconstructions"], f
+  for f in ("fid", "kid", "precision", "recall", "accuracy"):
+    assert f in report["heldout_real"], f
+  assert set(report["samples_at_heldout_n"]) == {"fid", "precision", "recall"}
+  assert all(np.isfinite(v) for v in _walk_numbers(report))
+  assert evaluator.is_finite_report(report)
+  # The same numbers as TensorBoard/jsonl scalars under eval/.
+  lines = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  evals = [l for l in lines if "eval/fid" in l]
+  assert [l["step"] for l in evals] == [6]
+  assert evals[0]["eval/fid"] == pytest.approx(report["samples"]["fid"])
+  assert evals[0]["eval/recon/psnr"] == pytest.approx(report["reconstructions"]["psnr"])
+
+
+def _run_binary(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+def test_binary_step_all_then_nothing_left_and_one_line_errors(trained):
+  wd, _, _ = trained
+  proc = _run_binary(f"--workdir={wd}", "--step=all", "--num=50000", "--seed=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(os.path.join(wd, "eval"))) == ["step_3.json", "step_6.json"]
+  for s in (3, 6):
+    r = json.load(open(os.path.join(wd, "eval", f"step_{s}.json")))
+    # --num is capped by the real split (the 1,433 training digits), with a warning.
+    assert r["step"] == s and r["num_requested"] == 50000 and r["num"] == 1433
+    assert r["seed"] == 1 and evaluator.is_finite_report(r)
+  assert "capped to 1433" in proc.stderr
+  assert "FID" in proc.stdout and "held-out" in proc.stdout
+  mtimes = {f: os.path.getmtime(os.path.join(wd, "eval", f)) for f in os.listdir(
+      os.path.join(wd, "eval"))}
+  again = _run_binary(f"--workdir={wd}", "--step=all", "--num=50000", "--seed=1")
+  assert again.returncode == 0 and "nothing to do" in again.stderr
+  assert mtimes == {f: os.path.getmtime(os.path.join(wd, "eval", f)) for f in mtimes}
+  bad = _run_binary(f"--workdir={wd}", "--step=7")
+  assert bad.returncode == 1, bad.stderr[-1000:]
+  err = bad.stderr.strip().splitlines()[-1]
+  assert err.startswith("error: No checkpoint for step 7") and "Traceback" not in bad.stderr
+
+
+def test_feature_errors_are_one_line():
+  data = _config().data
+  for kw, msg in ((dict(kind="inception"), "needs --inception_weights"),
+                  (dict(kind="auto", inception_weights="/nope.npz"), "not found"),
+                  (dict(kind="fid"), "must be one of")):
+    with pytest.raises(features.FeatureError, match=msg) as e:
+      features.resolve(kw.pop("kind"), data, **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_real_vs_real_beats_real_vs_untrained_on_every_metric(extractor):
+  """Held-out real digits against real ones score far better than an untrained model.
+
+  Two references: the report's (the 1,433 training digits; the 364 held-out
+  ones as "real") and two class-balanced halves of the held-out digits. With
+  the halves, precision is left out: the untrained decoder's samples are all
+  nearly one image (feature spread 0.015 against 0.74 for digits), and at 182
+  reference points that one spot falls inside an outlier's 3-NN ball or not,
+  so its precision is 0 or 1 by chance (1 with this classifier). Recall,
+  which such a collapsed set can't fake, stays in.
+  """
+  config = _config()
+  held = evaluator.load_images(config.data, "test", 364)
+  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  untrained, _ = sampling.sample(sampling.Sampler.from_state(config, state),
+                                 jax.random.PRNGKey(1), 364)
+  untrained = extractor(np.asarray(untrained))
+  kw = dict(kid_subsets=20)
+  reference = evaluator.real_features(extractor, config.data, "train", 1433)
+  real = evaluator.feature_metrics(reference, extractor(held["image"]), **kw)
+  fake = evaluator.feature_metrics(reference, untrained, **kw)
+  order = np.argsort(held["label"], kind="stable")  # Halves with the same classes.
+  a, b = extractor(held["image"][order[::2]]), extractor(held["image"][order[1::2]])
+  real_halves = evaluator.feature_metrics(a, b, **kw)
+  fake_halves = evaluator.feature_metrics(a, {k: v[:182] for k, v in untrained.items()}, **kw)
+  for r, f, keys in ((real, fake, ("precision", "recall")), (real_halves, fake_halves,
+                                                              ("recall",))):
+    assert r["fid"] < f["fid"] / 5
+    assert r["kid"] < f["kid"] / 10
+    for k in keys + ("inception_score", "confidence", "class_coverage"):
+      assert r[k] > f[k] + 0.2, (k, r[k], f[k])
+    assert r["class_tv"] < f["class_tv"] - 0.2
+    assert r["recall"] > 0.7 and r["class_coverage"] == 1.0
+  assert real["precision"] > 0.7 and fake["precision"] < 0.1
+
+
+def test_digits_classifier_features(extractor):
+  assert extractor.name == "digits_classifier"
+  assert extractor.info["classifier_heldout_accuracy"] > 0.95
+  held = evaluator.load_images(_config().data, "test", 40)
+  out = extractor(held["image"])
+  assert out["features"].shape == (40, 128) and out["probs"].shape == (40, 10)
+  np.testing.assert_allclose(out["probs"].sum(1), 1.0, rtol=1e-5)
+  assert np.mean(out["probs"].argmax(1) == held["label"]) > 0.9
+  # Cached: resolving again restores the same weights (same fingerprint).
+  assert features.resolve("classifier", _config().data)[0].fingerprint == extractor.fingerprint
+
+
+def test_real_features_are_cached(extractor, monkeypatch):
+  data = _config().data
+  first = evaluator.real_features(extractor, data, "test", 100)
+
+  def boom(*a, **k):
+    raise AssertionError("recomputed instead of read from the cache")
+
+  monkeypatch.setattr(evaluator, "extract", boom)
+  second = evaluator.real_features(extractor, data, "test", 100)
+  np.testing.assert_array_equal(first["features"], second["features"])
+  np.testing.assert_array_equal(first["label"], second["label"])
+  with pytest.raises(AssertionError, match="recomputed"):  # Another n: another entry.
+    evaluator.real_features(extractor, data, "test", 99)
+
+
+def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path):
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(40):
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+  config = _config()
+  config.data.update(dict(name="folder", channels=3, folder=str(folder)))
+  config.model.channels = 3
+  ext, why = features.resolve("auto", config.data)
+  assert ext is None and "no labels" in why
+  with pytest.raises(features.FeatureError, match="no labels"):
+    features.resolve("classifier", config.data)
+  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  report = evaluator.evaluate_state(state, config, num=100, extractor=None,
+                                    no_features_reason=why)
+  assert "samples" not in report and report["features"] is None
+  assert report["no_features_reason"] == why and report["num_heldout"] == 2
+  assert {"mse", "psnr", "dis_l_error", "kl", "elbo"} <= set(report["reconstructions"])
+  assert evaluator.is_finite_report(report)
+  assert "no labels" in evaluator.format_table(report)

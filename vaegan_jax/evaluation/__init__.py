@@ -1,0 +1,26 @@
+"""Evaluation: sample-quality metrics, their feature spaces, and per-checkpoint reports.
+
+  metrics.py    FID, KID, precision/recall, classifier scores, PSNR (pure numerics)
+  features.py   the feature spaces: pytorch-fid's Inception-v3 or the dataset's own
+                classifier; the cache
+  inception.py  the FID Inception-v3 in Flax (weights converted once from pytorch-fid's)
+  evaluator.py  samples, held-out reconstructions, the real reference: one JSON report
+
+From Python::
+
+  from vaegan_jax import evaluation
+  extractor, why = evaluation.resolve_features('auto', config.data)
+  report = evaluation.evaluate_state(state, config, num=10_000, extractor=extractor)
+  scores = evaluation.evaluate_sampler(sampler, config.data, extractor, num=5_000)
+  scores = evaluation.evaluate_images(real_images, fake_images, extractor)
+"""
+
+from vaegan_jax.evaluation import metrics
+from vaegan_jax.evaluation.evaluator import evaluate_checkpoint
+from vaegan_jax.evaluation.evaluator import evaluate_images
+from vaegan_jax.evaluation.evaluator import evaluate_sampler
+from vaegan_jax.evaluation.evaluator import evaluate_state
+from vaegan_jax.evaluation.evaluator import evaluate_workdir
+from vaegan_jax.evaluation.evaluator import feature_metrics
+from vaegan_jax.evaluation.features import FeatureExtractor
+from vaegan_jax.evaluation.features import resolve as resolve_features

@@ -1,0 +1,490 @@
+"""Evaluation of a trained model: samples, reconstructions, and a real reference.
+
+One report per checkpoint (``evaluate_state`` / ``evaluate_checkpoint``), the
+JSON that ``experiments/evaluate.py`` writes to ``workdir/eval/step_<N>.json``
+and that training writes every ``config.eval_every`` steps:
+
+* ``samples``: n = min(num, size of the real split) images Dec(z), z ~ N(0, I),
+  against n real images of ``data.train_split`` (a fixed random subset when
+  the split is larger): FID, KID (mean, std), precision, recall, and where the
+  features come with class probabilities, the Inception-score-like figure,
+  confidence, class coverage and the class-histogram distance ``class_tv``.
+* ``reconstructions``: the held-out images of ``data.eval_split`` through
+  Dec(mu(x)): pixel MSE and PSNR (on [0, 1]), the Dis_l feature error
+  1/2 ||Dis_l(x~) - Dis_l(x)||^2 that the model optimises (Dis in inference
+  mode), the ELBO terms on one z ~ q(z|x) per image (KL, the model's own
+  reconstruction NLL: Dis_l for vaegan/vae_dis_l, pixels for vae, constants
+  dropped as in ``losses.py``; elbo = -(kl + recon_nll)), and the feature
+  metrics of the reconstructions (FID against the real reference, classifier
+  accuracy against the true labels).
+* ``heldout_real``: the same feature metrics for the held-out *real* images
+  against the same reference: the score of real data, which a model can at
+  best approach. FID is biased by n, so ``samples_at_heldout_n`` gives the
+  samples' FID/precision/recall at the held-out n as well; KID is unbiased.
+
+Features and their name come from ``features.py``; real features are cached
+per (dataset, split, feature weights, n) in ``features.cache_dir()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from vaegan_jax import checkpoint
+from vaegan_jax import input_pipeline
+from vaegan_jax import losses
+from vaegan_jax import models
+from vaegan_jax import sampling
+from vaegan_jax.evaluation import features as feats_lib
+from vaegan_jax.evaluation import metrics
+
+# Subsets of KID: the reference code's 100 subsets of 1,000.
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+
+
+# ----------------------------------------------------------------------------
+# Real images and their features.
+
+
+def _split_size(data_config: Any, split: str) -> int:
+  return len(input_pipeline.get_source(data_config, split))
+
+
+def load_images(data_config: Any, split: str, num: int) -> dict[str, np.ndarray]:
+  """n = min(num, split size) preprocessed images of ``split``, no flips.
+
+  The whole split in order when it fits, else a random subset fixed by seed 0
+  (so that the cached reference never depends on an evaluation's seed).
+  Returns 'image' float32 (n, S, S, C) in [-1, 1] and 'label'/'attributes'
+  where the dataset has them.
+  """
+  size = _split_size(data_config, split)
+  seed = None if num >= size else 0
+  parts = list(sampling.dataset_batches(data_config, split, 512, num, seed=seed))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+          if k in ('image', 'label', 'attributes')}
+
+
+def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split: str,
+                  num: int, *, use_cache: bool = True) -> dict[str, np.ndarray]:
+  """Features (and probs, labels, attributes) of ``load_images(...)``, cached.
+
+  The cache key holds the data fields, the split, n and the extractor's
+  weight fingerprint, so a retrained classifier or other weights never reuse
+  stale features.
+  """
+  n = min(int(num), _split_size(data_config, split))
+  key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
+                          'n': n, 'features': extractor.name, 'weights': extractor.fingerprint})
+  path = os.path.join(feats_lib.cache_dir(), 'real_features',
+                      f'{input_pipeline._get(data_config, "name")}_{split}_{n}_{key}.npz')  # pylint: disable=protected-access
+  if use_cache and os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+      logging.warning('Ignoring unreadable cache file %s (%s).', path, e)
+  data = load_images(data_config, split, n)
+  out = extract(extractor, data['image'])
+  out.update({k: v for k, v in data.items() if k != 'image'})
+  if use_cache:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}.npz'
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+  return out
+
+
+def extract(extractor: feats_lib.FeatureExtractor, images: Any) -> dict[str, np.ndarray]:
+  """extractor over images (N, S, S, C) in chunks; host float32 arrays."""
+  images = np.asarray(images, np.float32)
+  parts = [extractor(images[s:s + 1024]) for s in range(0, images.shape[0], 1024)]
+  return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
+
+
+# ----------------------------------------------------------------------------
+# Metrics of one image set.
+
+
+def feature_metrics(real: dict[str, np.ndarray], fake: dict[str, np.ndarray], *,
+                    seed: int = 0, kid_subsets: int = KID_SUBSETS,
+                    kid_subset_size: int = KID_SUBSET_SIZE,
+                    labels: Optional[np.ndarray] = None) -> dict[str, float]:
+  """FID, KID, precision/recall [, classifier scores] of ``fake`` against ``real``.
+
+  Args:
+    real, fake: dicts with 'features' (N, D) and optionally 'probs' (N, K).
+    labels: true classes of the fake images (reconstructions): adds 'accuracy'.
+  """
+  rf, ff = real['features'], fake['features']
+  out = {'fid': metrics.fid_from_features(rf, ff)}
+  out.update(metrics.kernel_inception_distance(rf, ff, num_subsets=kid_subsets,
+                                               subset_size=kid_subset_size, seed=seed))
+  out.update(metrics.precision_recall(rf, ff, k=3))
+  if 'probs' in fake:
+    out.update(metrics.classifier_scores(fake['probs'], real.get('probs')))
+    if labels is not None:
+      out['accuracy'] = float(np.mean(np.argmax(fake['probs'], axis=1) == labels))
+  if 'inception_probs' in fake:
+    out['inception_score'] = metrics.classifier_scores(fake['inception_probs'])['inception_score']
+  return out
+
+
+def evaluate_images(real_images: Any, fake_images: Any,
+                    extractor: feats_lib.FeatureExtractor, **kw) -> dict[str, float]:
+  """The library's one call for arrays: metrics of fake vs real images (N, S, S, C) in [-1, 1]."""
+  return feature_metrics(extract(extractor, real_images), extract(extractor, fake_images), **kw)
+
+
+def evaluate_sampler(sampler: sampling.Sampler, data_config: Any,
+                     extractor: feats_lib.FeatureExtractor, *, num: int = 10_000,
+                     seed: int = 0, split: Optional[str] = None,
+                     temperature: float = 1.0) -> dict[str, float]:
+  """Metrics of ``num`` prior samples of ``sampler`` against the real ``split``.
+
+  n = min(num, split size) on both sides; the real features come from the
+  cache. A conditional sampler gets the real images' attributes as y.
+  """
+  split = split or data_config.train_split
+  real = real_features(extractor, data_config, split, num)
+  n = real['features'].shape[0]
+  y = None
+  if sampler.arch.num_attributes:
+    y = real['attributes'][:n]
+  images, _ = sampling.sample(sampler, jax.random.PRNGKey(seed), n, temperature=temperature,
+                              y=y)
+  return feature_metrics(real, extract(extractor, np.asarray(images)), seed=seed)
+
+
+# ----------------------------------------------------------------------------
+# Reconstructions and the ELBO terms.
+
+
+@functools.lru_cache(maxsize=None)
+def _recon_fn(arch: models.Architecture, with_dis: bool, pixel_sigma: float):
+  nets = models.Networks.create(arch)
+
+  @jax.jit
+  def fn(variables, x, y, eps):
+    mu, logvar = nets.encoder.apply(variables['encoder'], x, y, train=False)
+    dec = lambda z: nets.decoder.apply(variables['decoder'], z, y, train=False)
+    x_mean = dec(mu)
+    x_sample = dec(mu + jnp.exp(0.5 * logvar) * eps)
+    out = {'x_mean': x_mean, 'kl': losses.kl_prior(mu, logvar),
+           'pixel_nll': losses.pixel_llike(x_sample, x, pixel_sigma)}
+    if with_dis:
+      dis_l = lambda im: nets.discriminator.apply(variables['discriminator'], im, y,
+                                                  train=False, features_only=True)
+      f_x = dis_l(x)
+      out['dis_l_error'] = losses.llike_dis_l(dis_l(x_mean), f_x)
+      out['dis_l_nll'] = losses.llike_dis_l(dis_l(x_sample), f_x)
+    return out
+
+  return fn
+
+
+def _variables(state: Any) -> dict:
+  return {g: {'params': state.params[g], 'batch_stats': state.batch_stats.get(g, {})}
+          for g in state.params}
+
+
+def reconstruct_heldout(state: Any, config: Any, images: np.ndarray, y: Optional[np.ndarray],
+                        rng: jax.Array) -> tuple[np.ndarray, dict[str, float]]:
+  """Dec(mu(x)) of images (N, S, S, C) and the per-image means of the ELBO terms.
+
+  Returns:
+    (reconstructions (N, S, S, C), {'mse', 'psnr', 'kl', 'pixel_nll',
+    'recon_nll', 'elbo'[, 'dis_l_error']}).
+  """
+  arch = models.Architecture.from_config(config.model)
+  kind = config.kind
+  with_dis = kind in ('vaegan', 'vae_dis_l')
+  fn = _recon_fn(arch, with_dis, float(config.get('pixel_sigma', 1.0)))
+  variables = jax.device_put(_variables(state))
+  n, chunk = images.shape[0], feats_lib.inference_chunk()
+  eps = np.asarray(jax.random.normal(rng, (n, arch.z_dim), jnp.float32))
+  outs = []
+  for s in range(0, n, chunk):
+    m = min(chunk, n - s)
+    pad = lambda a, m=m: None if a is None else np.pad(  # One executable for all chunks.
+        a[s:s + m], [(0, chunk - m)] + [(0, 0)] * (a.ndim - 1))
+    out = jax.device_get(fn(variables, pad(images), pad(y), pad(eps)))
+    outs.append({k: v[:m] for k, v in out.items()})
+  out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+  rec = out.pop('x_mean')
+  result = metrics.pixel_metrics(images, rec)
+  for k, v in out.items():
+    result[k] = float(np.mean(v))
+  result['recon_nll'] = result['dis_l_nll'] if with_dis else result['pixel_nll']
+  result.pop('dis_l_nll', None)
+  result['elbo'] = -(result['kl'] + result['recon_nll'])
+  return rec, result
+
+
+# ----------------------------------------------------------------------------
+# One report.
+
+
+def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
+                   extractor: Optional[feats_lib.FeatureExtractor] = None,
+                   no_features_reason: str = '', seed: int = 0,
+                   use_cache: bool = True) -> dict[str, Any]:
+  """The report of one host TrainState (see the module docstring for its fields).
+
+  Args:
+    state: a host (unreplicated) ``train_step.TrainState``.
+    config: its training config.
+    num: samples and real images; capped by the real split's size.
+    extractor: the feature space (``features.resolve``); None: reconstruction
+      metrics only, with ``no_features_reason`` in the report.
+    seed: draws z (samples), eps (ELBO) and the KID subsets.
+  """
+  t0 = time.time()
+  data = config.data
+  arch = models.Architecture.from_config(config.model)
+  real_split = data.train_split
+  heldout_split = data.get('eval_split') or None
+  n_real = _split_size(data, real_split)
+  n = min(int(num), n_real)
+  rng_samples, rng_eps = jax.random.split(jax.random.PRNGKey(seed))
+  report: dict[str, Any] = {
+      'step': int(np.asarray(state.step)), 'kind': config.kind,
+      'dataset': data.name, 'real_split': real_split, 'heldout_split': heldout_split,
+      'num_requested': int(num), 'num': n, 'seed': int(seed),
+      'features': extractor.name if extractor else None}
+  if n < num:
+    report['num_capped_by'] = f'{real_split!r} has {n_real} images'
+    logging.warning('num=%d capped to %d: split %r of %s has %d images.', num, n, real_split,
+                    data.name, n_real)
+  if extractor is None:
+    report['no_features_reason'] = no_features_reason
+  else:
+    report['feature_info'] = dict(extractor.info)
+  timings = {}
+
+  real = None
+  if extractor is not None:
+    t = time.time()
+    real = real_features(extractor, data, real_split, n, use_cache=use_cache)
+    report['feature_dim'] = int(real['features'].shape[1])
+    timings['real_features'] = time.time() - t
+
+  sampler = sampling.Sampler.from_state(config, state, chunk_size=feats_lib.inference_chunk())
+  if extractor is not None:
+    t = time.time()
+    y = None
+    if arch.num_attributes:  # Conditional: the real images' attributes, in order.
+      y = real['attributes'][np.arange(n) % len(real['attributes'])]
+    images, _ = sampling.sample(sampler, rng_samples, n, y=y)
+    fake = extract(extractor, np.asarray(images))
+    timings['samples'] = time.time() - t
+    t = time.time()
+    report['samples'] = feature_metrics(real, fake, seed=seed)
+    timings['sample_metrics'] = time.time() - t
+
+  if heldout_split:
+    t = time.time()
+    held = load_images(data, heldout_split, n)
+    report['num_heldout'] = int(held['image'].shape[0])
+    y = held.get('attributes') if arch.num_attributes else None
+    held_feats = None
+    if extractor is not None:
+      held_feats = real_features(extractor, data, heldout_split, n, use_cache=use_cache)
+      report['heldout_real'] = feature_metrics(real, held_feats, seed=seed,
+                                               labels=held.get('label'))
+      m = held_feats['features'].shape[0]
+      sub = {k: v[:m] for k, v in fake.items()}
+      report['samples_at_heldout_n'] = {
+          'fid': metrics.fid_from_features(real['features'], sub['features']),
+          **metrics.precision_recall(real['features'], sub['features'], k=3)}
+    if 'encoder' in state.params:
+      rec, rec_metrics = reconstruct_heldout(state, config, held['image'], y, rng_eps)
+      if extractor is not None:
+        rec_feats = extract(extractor, rec)
+        fm = feature_metrics(real, rec_feats, seed=seed, labels=held.get('label'))
+        rec_metrics.update({k: fm[k] for k in fm if not k.startswith('kid_')})
+      report['reconstructions'] = rec_metrics
+    timings['heldout'] = time.time() - t
+  report['seconds'] = {**{k: round(v, 2) for k, v in timings.items()},
+                       'total': round(time.time() - t0, 2)}
+  return report
+
+
+# ----------------------------------------------------------------------------
+# Files: the JSON report and the scalars.
+
+
+def eval_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'eval')
+
+
+def report_path(workdir: str, step: int) -> str:
+  return os.path.join(eval_dir(workdir), f'step_{int(step)}.json')
+
+
+def write_report(workdir: str, report: dict) -> str:
+  """Writes ``workdir/eval/step_<N>.json`` atomically; returns its path."""
+  path = report_path(workdir, report['step'])
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+_SECTIONS = (('samples', 'eval/'), ('reconstructions', 'eval/recon/'),
+             ('heldout_real', 'eval/heldout_real/'),
+             ('samples_at_heldout_n', 'eval/samples_at_heldout_n/'))
+
+
+def scalars(report: dict) -> dict[str, float]:
+  """The report's numbers as TensorBoard tags under ``eval/``."""
+  out = {}
+  for section, prefix in _SECTIONS:
+    for k, v in report.get(section, {}).items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        out[prefix + k] = float(v)
+  return out
+
+
+_ROWS = (('fid', 'FID', '{:.3f}'), ('kid', 'KID x 1e3', None), ('precision', 'precision', '{:.3f}'),
+         ('recall', 'recall', '{:.3f}'), ('inception_score', 'IS-like', '{:.2f}'),
+         ('confidence', 'confidence', '{:.3f}'), ('class_coverage', 'class coverage', '{:.2f}'),
+         ('accuracy', 'label accuracy', '{:.3f}'), ('mse', 'MSE [0,1]', '{:.4f}'),
+         ('psnr', 'PSNR dB', '{:.2f}'), ('dis_l_error', 'Dis_l error', '{:.2f}'),
+         ('kl', 'KL', '{:.2f}'), ('elbo', 'ELBO', '{:.2f}'))
+
+
+def format_table(report: dict) -> str:
+  """A short console table: samples, reconstructions, held-out real images."""
+  cols = [('samples', 'samples'), ('reconstructions', 'recon'), ('heldout_real', 'real held-out')]
+  cols = [(k, h) for k, h in cols if k in report]
+  head = (f"eval step {report['step']}: {report['kind']} on {report['dataset']}, features "
+          f"{report['features'] or 'none'}, n={report['num']} vs {report['real_split']!r}"
+          + (f", held-out {report['heldout_split']!r} n={report.get('num_heldout')}"
+             if report.get('heldout_split') else ''))
+  lines = [head]
+  if report.get('no_features_reason'):
+    lines.append(f"  ({report['no_features_reason']})")
+  lines.append(f"  {'':16s}" + ''.join(f'{h:>15s}' for _, h in cols))
+  for key, label, fmt in _ROWS:
+    vals = [report[c].get(key) for c, _ in cols]
+    if all(v is None for v in vals):
+      continue
+    cells = []
+    for v in vals:
+      if v is None:
+        cells.append(f"{'-':>15s}")
+      elif key == 'kid':
+        cells.append(f'{v * 1e3:>15.3f}')
+      else:
+        cells.append(f'{fmt.format(v):>15s}')
+    lines.append(f'  {label:16s}' + ''.join(cells))
+  lines.append(f"  ({report['seconds']['total']:.1f} s)")
+  return '\n'.join(lines)
+
+
+def evaluate_checkpoint(workdir: str, step: Optional[int] = None, *, num: int = 10_000,
+                        extractor: Optional[feats_lib.FeatureExtractor] = None,
+                        no_features_reason: str = '', seed: int = 0) -> dict[str, Any]:
+  """Restores checkpoint ``step`` (default latest) of ``workdir`` and evaluates it."""
+  state, config = checkpoint.restore_for_inference(workdir, step)
+  return evaluate_state(state, config, num=num, extractor=extractor,
+                        no_features_reason=no_features_reason, seed=seed)
+
+
+def is_finite_report(report: dict) -> bool:
+  """True if every number in the report is finite."""
+  def ok(v):
+    if isinstance(v, dict):
+      return all(ok(x) for x in v.values())
+    if isinstance(v, float):
+      return math.isfinite(v)
+    return True
+  return ok(report)
+
+
+def _same_settings(path: str, num: int, features: Optional[str], seed: int) -> bool:
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return (old.get('num_requested') == num and old.get('features') == features
+          and old.get('seed') == seed)
+
+
+def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
+                     features: str = 'auto', inception_weights: Optional[str] = None,
+                     seed: int = 0, classifier_dir: Optional[str] = None,
+                     writer: Any = None) -> list[dict[str, Any]]:
+  """Evaluates checkpoints of ``workdir``; writes their JSON and TensorBoard scalars.
+
+  Args:
+    step: None (the latest), an int, or 'all': every checkpoint without a
+      report made with the same (num, features, seed).
+    features: 'auto' | 'inception' | 'classifier' (see ``features.resolve``).
+    writer: a ``metric_writer.MetricWriter`` for the scalars (default: one on
+      ``workdir``, closed at the end).
+  Returns:
+    The reports, in step order.
+  Raises:
+    CheckpointError, DataError, FeatureError with one-line messages.
+  """
+  mngr = checkpoint.manager(workdir, read_only=True)
+  available = sorted(mngr.all_steps())
+  mngr.close()
+  if not available:
+    raise checkpoint.CheckpointError(
+        f'No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with '
+        f'`python -m experiments.train --workdir={workdir}`.')
+  if step is None or step == 'latest':
+    steps = [available[-1]]
+  elif step == 'all':
+    steps = available
+  else:
+    if int(step) not in available:
+      raise checkpoint.CheckpointError(
+          f'No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; '
+          f'available: {available}.')
+    steps = [int(step)]
+  config, _ = checkpoint.read_config(workdir, steps[-1])
+  extractor, why = feats_lib.resolve(features, config.data, inception_weights=inception_weights,
+                                     classifier_dir=classifier_dir)
+  name = extractor.name if extractor else None
+  if step == 'all':
+    steps = [s for s in steps if not _same_settings(report_path(workdir, s), num, name, seed)]
+    if not steps:
+      logging.info('Every checkpoint of %s already has a report; nothing to do.', workdir)
+  own_writer = writer is None and steps
+  if own_writer:
+    from vaegan_jax import metric_writer  # pylint: disable=g-import-not-at-top
+    writer = metric_writer.MetricWriter(workdir)
+  reports = []
+  try:
+    for s in steps:
+      report = evaluate_checkpoint(workdir, s, num=num, extractor=extractor,
+                                   no_features_reason=why, seed=seed)
+      write_report(workdir, report)
+      if writer is not None:
+        writer.write_eval(report['step'], scalars(report))
+      reports.append(report)
+  finally:
+    if own_writer:
+      writer.close()
+  return reports
+
+
+USER_ERRORS = (checkpoint.CheckpointError, input_pipeline.DataError, feats_lib.FeatureError)

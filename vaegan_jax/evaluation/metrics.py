@@ -1,0 +1,272 @@
+"""Sample-quality metrics on feature vectors, and pixel reconstruction metrics.
+
+Every function here is pure numerics: it takes feature arrays (N, D) that a
+feature extractor (``features.py``) produced from real and generated images,
+and returns floats. The reductions that cost O(N^2 D) (KID's kernels,
+precision/recall's pairwise distances) run jitted in row blocks, so 10k x 10k
+never materialises at once; the small D x D linear algebra of FID runs in
+float64 on the host (SciPy), as the reference implementations do.
+
+* ``frechet_distance``: FID (Heusel et al. 2017) between Gaussians fitted to
+  two feature sets, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+  ``method='sqrtm'`` is the route of pytorch-fid / TTUR (scipy's ``sqrtm`` of
+  the product; when it is not finite, both covariances get ``eps * I``);
+  ``method='eigh'`` computes Tr((S1 S2)^(1/2)) as the sum of the square roots of
+  the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric PSD and so has
+  no complex round-off. ``sqrtm`` falls back to ``eigh`` when the product's
+  root has a large imaginary part (the references raise there).
+* ``kernel_inception_distance``: KID (Binkowski et al. 2018), the unbiased
+  MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, mean and
+  std over random subsets.
+* ``precision_recall``: improved precision and recall (Kynkaanniemi et al.
+  2019): the k-NN balls (k = 3) of each set approximate its manifold;
+  precision is the fraction of generated points inside the real manifold,
+  recall the fraction of real points inside the generated manifold.
+* ``classifier_scores``: from class probabilities (N, C): an Inception-score-
+  like figure exp(E_x KL(p(y|x) || p(y))), the mean confidence, class coverage
+  and the total-variation distance between predicted class histograms.
+* ``pixel_metrics``: MSE on the [0, 1] scale and PSNR (peak 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+Array = jax.Array
+
+# Row block of the O(N^2) reductions: bounds memory at block x N distances.
+_BLOCK = 1024
+
+
+# ----------------------------------------------------------------------------
+# FID.
+
+
+def gaussian_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(mu (D,), sigma (D, D)) in float64, sigma the unbiased covariance (N - 1)."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or f.shape[0] < 2:
+    raise ValueError(f'Need features of shape (N, D) with N >= 2, got {f.shape}.')
+  return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """Tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))), all real."""
+  w, v = np.linalg.eigh(sigma1)
+  root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  m = root1 @ sigma2 @ root1
+  ev = np.linalg.eigvalsh((m + m.T) / 2)
+  return float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
+
+
+def _trace_sqrt_product_sqrtm(sigma1, sigma2, eps: float) -> Optional[float]:
+  """The reference implementations' route; None where its root is complex."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # scipy warns on singular products.
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+      offset = np.eye(sigma1.shape[0]) * eps
+      covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      return None
+    covmean = covmean.real
+  if not np.isfinite(covmean).all():
+    return None
+  return float(np.trace(covmean))
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *,
+                     eps: float = 1e-6, method: str = 'sqrtm') -> float:
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+  Args:
+    mu1, mu2: (D,) means; sigma1, sigma2: (D, D) covariances.
+    eps: the diagonal offset of the reference code when sqrtm is not finite.
+    method: 'sqrtm' (the references' route) or 'eigh' (see module docstring).
+  Returns:
+    ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)), a float >= 0 up to
+    round-off.
+  """
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+    raise ValueError(f'Mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma '
+                     f'{s1.shape} vs {s2.shape}.')
+  if method not in ('sqrtm', 'eigh'):
+    raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}.")
+  tr = _trace_sqrt_product_sqrtm(s1, s2, eps) if method == 'sqrtm' else None
+  if tr is None:
+    tr = _trace_sqrt_product_eigh(s1, s2)
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr)
+
+
+def fid_from_features(real: Any, fake: Any, **kw) -> float:
+  """FID of two feature sets (N1, D), (N2, D)."""
+  return frechet_distance(*gaussian_statistics(real), *gaussian_statistics(fake), **kw)
+
+
+# ----------------------------------------------------------------------------
+# KID.
+
+
+@jax.jit
+def _kernel_sums(x: Array, y: Array) -> tuple[Array, Array, Array]:
+  """Sums of k(x_i, x_j) (i != j), k(y_i, y_j) (i != j) and k(x_i, y_j)."""
+  d = x.shape[1]
+  k = lambda a, b: (a @ b.T / d + 1.0) ** 3
+  kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+  return (jnp.sum(kxx) - jnp.trace(kxx), jnp.sum(kyy) - jnp.trace(kyy), jnp.sum(kxy))
+
+
+def kernel_inception_distance(real: Any, fake: Any, *, num_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+  """KID: unbiased MMD^2, cubic polynomial kernel, over random subsets.
+
+  Each subset draws m = min(subset_size, N_real, N_fake) rows of each set
+  without replacement; MMD^2_u = [sum_{i!=j} k(x_i,x_j) + sum_{i!=j} k(y_i,y_j)]
+  / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2.
+
+  Returns:
+    {'kid': mean over subsets, 'kid_std': their std, 'kid_subset_size': m}.
+  """
+  x = np.asarray(real, np.float32)
+  y = np.asarray(fake, np.float32)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f'Need (N, D) features of the same D, got {x.shape} and {y.shape}.')
+  m = min(int(subset_size), x.shape[0], y.shape[0])
+  if m < 2:
+    raise ValueError(f'KID needs at least 2 samples per set, got {x.shape[0]} and {y.shape[0]}.')
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(int(num_subsets)):
+    xs = x[rng.choice(x.shape[0], m, replace=False)]
+    ys = y[rng.choice(y.shape[0], m, replace=False)]
+    sxx, syy, sxy = (float(v) for v in _kernel_sums(xs.astype(np.float32), ys.astype(np.float32)))
+    values.append((sxx + syy) / (m * (m - 1)) - 2.0 * sxy / (m * m))
+  values = np.asarray(values)
+  return {'kid': float(values.mean()), 'kid_std': float(values.std()),
+          'kid_subset_size': m}
+
+
+# ----------------------------------------------------------------------------
+# Precision and recall.
+
+
+@jax.jit
+def _sq_dists(a: Array, b: Array) -> Array:
+  """Squared Euclidean distances (na, nb), clipped at 0."""
+  d = (jnp.sum(a * a, axis=1)[:, None] - 2.0 * a @ b.T + jnp.sum(b * b, axis=1)[None, :])
+  return jnp.maximum(d, 0.0)
+
+
+def _blocks(n: int):
+  for s in range(0, n, _BLOCK):
+    yield s, min(s + _BLOCK, n)
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def _kth_smallest(d: Array, k: int) -> Array:
+  return -jax.lax.top_k(-d, k)[0][:, -1]
+
+
+def knn_radii(features: Any, k: int = 3) -> np.ndarray:
+  """Distance of each row to its k-th nearest other row: (N,) float32."""
+  f = jnp.asarray(features, jnp.float32)
+  n = f.shape[0]
+  if n <= k:
+    raise ValueError(f'Need more than k={k} samples, got {n}.')
+  out = []
+  for s, e in _blocks(n):
+    # k + 1: the row itself is its own nearest neighbour at distance 0.
+    out.append(np.asarray(_kth_smallest(_sq_dists(f[s:e], f), k + 1)))
+  return np.sqrt(np.concatenate(out))
+
+
+def _fraction_inside(query: Any, support: Any, radii: np.ndarray) -> float:
+  """Fraction of query rows within radii[j] of some support row j."""
+  q = jnp.asarray(query, jnp.float32)
+  s = jnp.asarray(support, jnp.float32)
+  r2 = jnp.asarray(radii, jnp.float32) ** 2
+  inside = []
+  for a, b in _blocks(q.shape[0]):
+    inside.append(np.asarray(jnp.any(_sq_dists(q[a:b], s) <= r2[None, :], axis=1)))
+  return float(np.mean(np.concatenate(inside)))
+
+
+def precision_recall(real: Any, fake: Any, *, k: int = 3) -> dict[str, float]:
+  """Improved precision/recall (Kynkaanniemi et al. 2019) with k-NN manifolds.
+
+  Returns:
+    {'precision': fraction of fake rows inside the real manifold,
+     'recall': fraction of real rows inside the fake manifold}.
+  """
+  real = np.asarray(real, np.float32)
+  fake = np.asarray(fake, np.float32)
+  if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    raise ValueError(f'Need (N, D) features of the same D, got {real.shape} and {fake.shape}.')
+  return {'precision': _fraction_inside(fake, real, knn_radii(real, k)),
+          'recall': _fraction_inside(real, fake, knn_radii(fake, k))}
+
+
+# ----------------------------------------------------------------------------
+# Classifier-based scores.
+
+
+def classifier_scores(probs: Any, reference_probs: Optional[Any] = None) -> dict[str, float]:
+  """Scores of class probabilities p (N, C) of one image set.
+
+  * 'inception_score': exp(mean_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x)
+    over the set (one split: the classic figure averages 10 splits of 5k).
+    Ranges over [1, C].
+  * 'confidence': mean over images of max_y p(y|x).
+  * 'class_coverage': fraction of the C classes that are the argmax of at
+    least half their fair share, N / (2 C), of the images.
+  * with ``reference_probs`` (real images): 'class_tv', the total-variation
+    distance between the argmax class histograms of the two sets (0: same
+    class balance; 1: disjoint classes).
+  """
+  p = np.asarray(probs, np.float64)
+  if p.ndim != 2 or p.shape[0] < 1:
+    raise ValueError(f'Need probabilities of shape (N, C), got {p.shape}.')
+  n, c = p.shape
+  p = np.clip(p, 1e-12, 1.0)
+  p = p / p.sum(axis=1, keepdims=True)
+  marginal = p.mean(axis=0)
+  kl = np.sum(p * (np.log(p) - np.log(marginal)[None, :]), axis=1)
+  hist = np.bincount(np.argmax(p, axis=1), minlength=c) / n
+  out = {'inception_score': float(np.exp(kl.mean())),
+         'confidence': float(p.max(axis=1).mean()),
+         'class_coverage': float(np.mean(hist >= 1.0 / (2 * c)))}
+  if reference_probs is not None:
+    r = np.asarray(reference_probs, np.float64)
+    ref_hist = np.bincount(np.argmax(r, axis=1), minlength=c) / r.shape[0]
+    out['class_tv'] = float(0.5 * np.abs(hist - ref_hist).sum())
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Pixels.
+
+
+def pixel_metrics(x: Any, x_tilde: Any) -> dict[str, float]:
+  """MSE and PSNR of reconstructions, images in [-1, 1] (N, H, W, C).
+
+  Both on the [0, 1] scale (MSE_[0,1] = MSE_[-1,1] / 4), PSNR = 10 log10(1 /
+  MSE) with the MSE of each image, averaged over images (dB).
+  """
+  a = (np.asarray(x, np.float64) + 1.0) / 2.0
+  b = (np.asarray(x_tilde, np.float64) + 1.0) / 2.0
+  if a.shape != b.shape or a.ndim != 4:
+    raise ValueError(f'Need two (N, H, W, C) arrays of one shape, got {a.shape} and {b.shape}.')
+  per_image = np.mean((a - b) ** 2, axis=(1, 2, 3))
+  psnr = 10.0 * np.log10(1.0 / np.maximum(per_image, 1e-10))
+  return {'mse': float(per_image.mean()), 'psnr': float(psnr.mean())}
