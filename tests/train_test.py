@@ -125,6 +125,9 @@ def test_sigterm_saves_and_exits_cleanly_then_kill9_leaves_restorable(tmp_path):
     (["--config=experiments/configs/celeba_vaegan.py", "--config.data.manual_dir=/nonexistent"],
      "img_align_celeba.zip"),
     (["--config.kind=vqvae"], "kind must be one of"),
+    (["--config.eval_every=5", "--config.eval_features=fid"], "eval_features must be one of"),
+    (["--config.eval_every=5", "--config.eval_features=inception"],
+     "needs --config.eval_inception_weights"),
 ])
 def test_bad_config_is_one_clear_line_before_compiling(tmp_path, flags, message):
   cmd = [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}"] + flags

@@ -67,6 +67,13 @@ def _validate(config):
   if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
     raise ValueError(f"eval_num must be >= 2, got {config.get('eval_num')}; e.g. "
                      "--config.eval_num=1000.")
+  if config.get("eval_every"):
+    try:
+      eval_features.check_request(config.get("eval_features", "auto"),
+                                  config.get("eval_inception_weights"))
+    except eval_features.FeatureError as e:
+      raise ValueError(str(e).replace("--features", "--config.eval_features").replace(
+          "--inception_weights", "--config.eval_inception_weights")) from e
   parallel.check_batch_size(config.batch_size)
   if config.data.image_size != arch.image_size or config.data.channels != arch.channels:
     raise ValueError(

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.gamma = 1e-6
   c.recon_in_gan = True  # paper's Algorithm 1
   c.balance = False  # paper: no equilibrium rule
+  c.learning_rate = 3e-4  # paper
   c.model = ml_collections.ConfigDict(dict(
       image_size=64, channels=3, z_dim=128,
       enc_widths=(64, 128, 256), enc_dense=2048,

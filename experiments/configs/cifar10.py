@@ -16,6 +16,7 @@ def get_config():
   arch = dataclasses.asdict(models.Architecture.small32(channels=3))
   c.model = ml_collections.ConfigDict(arch)
   c.gamma = 1e-5
+  c.learning_rate = 3e-4  # paper
   c.data.update(dict(name="cifar10", image_size=32, channels=3, hflip=True,
                      train_split="train", eval_split="test"))
   c.num_train_steps = 50_000

@@ -5,8 +5,9 @@ networks (same layers, widths / 4 to / 2) so that 2 CPU cores reach
 recognisable samples of all ten digits within 10 minutes: 2,000 steps took
 6 min 52 s (all ten classes in every grid from step 200 on).
 
-Two choices differ from the paper's defaults, both taken from the authors'
-released code, because the short run needs them:
+Three choices differ from the paper's defaults because the short run needs
+them: ``learning_rate=1e-3`` (paper 3e-4; see below), and two taken from the
+authors' released code:
   * ``balance=True``: the equilibrium rule. Without it the saturating
     decoder loss vanishes within 100 steps (Dis accuracy 0.9999 measured here).
   * ``recon_in_gan=False``: Dis sees [x; Dec(z_p)] only, as in the released
@@ -37,8 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.balance_equilibrium = 0.68
   c.balance_margin = 0.35
 
-  # Optimizer: RMSProp, one per network.
-  c.learning_rate = 3e-4
+  # Optimizer: RMSProp, one per network. The paper's 3e-4 leaves the short run's
+  # prior samples far behind its reconstructions; 1e-3 measured better at 1,000
+  # steps (digits-classifier FID 10.5 -> 5.9, class coverage 0.9 -> 1.0).
+  c.learning_rate = 1e-3
   c.lr_schedule = "constant"  # or 'authors'
   c.rmsprop_decay = 0.9
   c.rmsprop_eps = 1e-8

@@ -9,6 +9,7 @@ def get_config():
   c.recon_in_gan = True
   c.balance = False
   c.gamma = 1e-6
+  c.learning_rate = 3e-4
   c.model.update(dict(image_size=16, channels=1, z_dim=8, enc_widths=(8, 16, 16),
                       enc_dense=32, dec_dense_channels=16, dec_widths=(16, 16, 8),
                       dis_first=8, dis_widths=(16, 16, 16), dis_dense=32))

@@ -253,11 +253,7 @@ def inception_features(weights: str) -> FeatureExtractor:
   histograms over ImageNet's classes say nothing about faces or digits.
   """
   from vaegan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.expanduser(weights))
-  if not os.path.isfile(path):
-    raise FeatureError(f'Inception weights {path} not found: convert pytorch-fid\'s '
-                       'pt_inception-2015-12-05-*.pth once with `python -m '
-                       'experiments.convert_inception_weights --pth=... --out=...npz`.')
+  path = check_request('inception', weights)
   with open(path, 'rb') as f:
     fingerprint = hashlib.sha1(f.read()).hexdigest()[:16]
   try:
@@ -279,20 +275,34 @@ def inception_features(weights: str) -> FeatureExtractor:
 # Choosing.
 
 
+def check_request(kind: str, inception_weights: Optional[str] = None) -> Optional[str]:
+  """Cheap checks of a feature request (no network is built); returns the weights path
+  that Inception will use, or None. Raises FeatureError."""
+  if kind not in FEATURE_KINDS:
+    raise FeatureError(f'--features must be one of {FEATURE_KINDS}, got {kind!r}.')
+  weights = inception_weights or os.environ.get(INCEPTION_ENV) or None
+  if kind == 'classifier' or not (kind == 'inception' or weights):
+    return None
+  if not weights:
+    raise FeatureError('--features=inception needs --inception_weights=PATH.npz (or '
+                       f'${INCEPTION_ENV}); convert pytorch-fid\'s .pth once with `python -m '
+                       'experiments.convert_inception_weights`.')
+  path = os.path.abspath(os.path.expanduser(weights))
+  if not os.path.isfile(path):
+    raise FeatureError(f'Inception weights {path} not found: convert pytorch-fid\'s '
+                       'pt_inception-2015-12-05-*.pth once with `python -m '
+                       'experiments.convert_inception_weights --pth=... --out=...npz`.')
+  return path
+
+
 def resolve(kind: str, data_config: Any, *, inception_weights: Optional[str] = None,
             classifier_dir: Optional[str] = None) -> tuple[Optional[FeatureExtractor], str]:
   """(extractor or None, why there is none) for ``kind`` in FEATURE_KINDS.
 
   Raises FeatureError where ``kind`` asks for what can't be had.
   """
-  if kind not in FEATURE_KINDS:
-    raise FeatureError(f'--features must be one of {FEATURE_KINDS}, got {kind!r}.')
-  weights = inception_weights or os.environ.get(INCEPTION_ENV) or None
-  if kind == 'inception' or (kind == 'auto' and weights):
-    if not weights:
-      raise FeatureError('--features=inception needs --inception_weights=PATH.npz (or '
-                         f'${INCEPTION_ENV}); convert pytorch-fid\'s .pth once with `python -m '
-                         'experiments.convert_inception_weights`.')
+  weights = check_request(kind, inception_weights)
+  if weights:
     return inception_features(weights), ''
   info = input_pipeline.validate(data_config)
   if info.num_classes or info.attribute_names:

@@ -30,7 +30,6 @@ float64 on the host (SciPy), as the reference implementations do.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any, Optional
 
@@ -173,11 +172,6 @@ def _blocks(n: int):
     yield s, min(s + _BLOCK, n)
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def _kth_smallest(d: Array, k: int) -> Array:
-  return -jax.lax.top_k(-d, k)[0][:, -1]
-
-
 def knn_radii(features: Any, k: int = 3) -> np.ndarray:
   """Distance of each row to its k-th nearest other row: (N,) float32."""
   f = jnp.asarray(features, jnp.float32)
@@ -186,8 +180,10 @@ def knn_radii(features: Any, k: int = 3) -> np.ndarray:
     raise ValueError(f'Need more than k={k} samples, got {n}.')
   out = []
   for s, e in _blocks(n):
-    # k + 1: the row itself is its own nearest neighbour at distance 0.
-    out.append(np.asarray(_kth_smallest(_sq_dists(f[s:e], f), k + 1)))
+    # k: the row itself is its own nearest neighbour at distance 0 (index 0).
+    # numpy's partition: XLA:CPU's top_k took 20x longer at N = 10k.
+    d = np.asarray(_sq_dists(f[s:e], f))
+    out.append(np.partition(d, k, axis=1)[:, k])
   return np.sqrt(np.concatenate(out))
 
 
