@@ -207,3 +207,15 @@ def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path
   assert {"mse", "psnr", "dis_l_error", "kl", "elbo"} <= set(report["reconstructions"])
   assert evaluator.is_finite_report(report)
   assert "no labels" in evaluator.format_table(report)
+
+
+def test_evaluate_sampler_scores_the_samplers_prior_samples(extractor):
+  config = _config()
+  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  sampler = sampling.Sampler.from_state(config, state)
+  got = evaluator.evaluate_sampler(sampler, config.data, extractor, num=100, seed=3)
+  reference = evaluator.real_features(extractor, config.data, "train", 100)
+  images, _ = sampling.sample(sampler, jax.random.PRNGKey(3), 100)
+  want = evaluator.feature_metrics(reference, extractor(np.asarray(images)), seed=3)
+  assert got == pytest.approx(want)
+  assert got["fid"] > 20  # An untrained decoder: far from the digits.
