@@ -336,11 +336,7 @@ def report_path(workdir: str, step: int) -> str:
 def write_report(workdir: str, report: dict) -> str:
   """Writes ``workdir/eval/step_<N>.json`` atomically; returns its path."""
   path = report_path(workdir, report['step'])
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  feats_lib.write_json_atomic(path, report)
   return path
 
 

@@ -228,12 +228,13 @@ def _trained_classifier(config, directory: str, info) -> ac.Classifier:
       result = ac.evaluate(clf, sampling.dataset_batches(config.data, eval_split, 256, 2 ** 62))
       meta = {'classifier_heldout_split': eval_split,
               'classifier_heldout_accuracy': result['accuracy']}
-      _write_json_atomic(os.path.join(directory, 'heldout_accuracy.json'), meta)
+      write_json_atomic(os.path.join(directory, 'heldout_accuracy.json'), meta)
       logging.info('Classifier accuracy on held-out %r: %.4f.', eval_split, result['accuracy'])
   return clf
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
+  """json.dump to a temporary file, then rename: readers never see half a file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
