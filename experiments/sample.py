@@ -5,8 +5,9 @@ r"""Samples, reconstructions, interpolations and attribute edits from a checkpoi
       [--interpolation=slerp|linear] [--attributes [--num_attribute_images=10000]
       [--attribute_vectors=vectors.npz]]
 
-Reads the latest (or ``--step``) checkpoint of ``workdir`` and the config saved
-beside it (nothing is retrained), and writes to ``outdir``:
+Reads the newest usable (or the ``--step``) checkpoint of ``workdir`` and the
+config saved beside it (nothing is retrained; a corrupt newer checkpoint is
+skipped with a warning), and writes to ``outdir``:
 
   samples.png          ``num`` decodes of z ~ N(0, T^2 I) (fixed ``--seed``),
                        ceil(sqrt(num)) columns; ``samples_z.npy`` (num, Z).
@@ -36,10 +37,11 @@ decoded with the held-out images' attribute vectors y (samples take the y of
 the first held-out images; interpolations interpolate y linearly as well).
 
 Every input is checked before anything is decoded, and nothing is written
-unless everything succeeded; errors (no checkpoint, a checkpoint that does not
-match its config, a conditional model whose data have no attributes,
-``--attributes`` on data without attributes or a model without encoder, a bad
-``--attribute_vectors`` file) are one line on stderr and exit status 1.
+unless everything succeeded; errors (no checkpoint, a corrupt ``--step``
+checkpoint, a checkpoint that does not match its config, a conditional model
+whose data have no attributes, ``--attributes`` on data without attributes or a
+model without encoder, a bad ``--attribute_vectors`` file) are one line on
+stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -182,6 +184,8 @@ def run(workdir: str, outdir: str, *, step: Optional[int] = None, num: int = 64,
     raise checkpoint.CheckpointError(
         f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
         f"`python -m experiments.train --workdir={workdir}`.")
+  # step=None: the newest checkpoint whose state passes its checksum, so that
+  # restoring that step below cannot fail on a corrupt newer one.
   config, step = checkpoint.read_config(workdir, step)
   if manual_dir:
     config.data.manual_dir = manual_dir

@@ -15,16 +15,16 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from vaegan_jax import cli
 from vaegan_jax import host_memory
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "default.py")
-config_flags.DEFINE_config_file(
+cli.define_config_file(
     "config", _DEFAULT_CONFIG, "Training config file; fields are overridable with "
-    "--config.field=value.", lock_config=True)
+    "--config.field=value.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_string("jax_coordinator", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
@@ -49,12 +49,11 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.USER_ERRORS as e:
-    # Bad configs/data and non-finite losses get one clear line, no traceback.
-    logging.error("%s", e)
+    # Bad configs/data, faults and non-finite losses: one line, no traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

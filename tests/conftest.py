@@ -16,3 +16,12 @@ import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 os.environ["VAEGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="vaegan_test_cache_")
 atexit.register(shutil.rmtree, os.environ["VAEGAN_CACHE_DIR"], True)
+
+# JAX's persistent compilation cache, fresh per session: many tests (and the
+# trainers they start as subprocesses, which inherit the variables) compile the
+# same small models; a hit loads the executable instead of compiling it again.
+_jax_cache = tempfile.mkdtemp(prefix="vaegan_test_jax_cache_")
+atexit.register(shutil.rmtree, _jax_cache, True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

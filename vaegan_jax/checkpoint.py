@@ -1,18 +1,43 @@
-"""Orbax checkpoints of the whole TrainState, with the config beside it as JSON.
+"""Orbax checkpoints of the whole TrainState, checksummed, with the config as JSON.
 
-Layout: ``workdir/checkpoints/<step>/{state,config}``. Each checkpoint holds
-all params, optimizer states, BN statistics, the step and the RNG key, so a
-run resumes exactly. Orbax writes into a temporary directory and renames it
+Layout: ``workdir/checkpoints/<step>/{state,config,integrity}``. Each checkpoint
+holds all params, optimizer states, BN statistics, the step and the RNG key, so
+a run resumes exactly. Orbax writes into a temporary directory and renames it
 when complete, so a process killed mid-save (kill -9) leaves the previous
-checkpoints intact and restorable.
+checkpoints intact and restorable; a temporary directory is never listed as a
+step.
+
+``integrity`` is ``{"format": 1, "sha256": state_digest(state), "num_leaves": N}``:
+neither Orbax nor TensorStore notices flipped bytes in an uncompressed data
+file (they restore garbage), so every restore recomputes the digest. A
+checkpoint that cannot be read or fails the check raises
+``CorruptCheckpointError``; ``restore_latest``, ``read_config`` and
+``restore_for_inference`` then fall back to the newest good checkpoint (the
+trainer also moves the bad one to ``workdir/checkpoints_bad/``). A checkpoint
+written before the checksum existed restores with a warning.
+
+The state is saved as host numpy arrays and restored as numpy arrays from the
+saved tree (not into a template), so a checkpoint written on one device
+topology (a GPU, 8 CPU devices) restores on any other.
+
+Failed background saves (a full disk) surface as ``CheckpointWriteError`` from
+``save`` (the previous save's failure), ``check_saves`` and ``finish``.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging as py_logging
 import os
-from typing import Any, Optional
+import re
+import sys
+import weakref
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
+from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -20,13 +45,47 @@ import orbax.checkpoint as ocp
 
 from vaegan_jax import train_step as ts
 
+FORMAT = 1
+ITEMS = ("state", "config", "integrity")
+_T = TypeVar("_T")
+
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing or does not match the config (one-line message)."""
 
 
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint that cannot be read or fails its checksum (one-line message).
+
+  Attributes:
+    step_dir: the step's directory.
+    reason: what is wrong with it, e.g. 'checksum mismatch ...'.
+  """
+
+  def __init__(self, step_dir: str, reason: str):
+    self.step_dir, self.reason = step_dir, reason
+    super().__init__(f"Checkpoint {step_dir} is unusable ({reason}); use another step, or "
+                     "move that directory aside.")
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint that could not be written, e.g. on a full disk (one-line message)."""
+
+
+class Restored(NamedTuple):
+  """What ``restore_latest`` found: the state, its step and the config saved with it."""
+  state: Any
+  step: int
+  config: ml_collections.ConfigDict
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def quarantine_dir(workdir: str) -> str:
+  """Where ``restore_latest(quarantine=True)`` moves unusable checkpoints."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints_bad")
 
 
 def manager(workdir: str, *, keep: int = 3, read_only: bool = False,
@@ -34,8 +93,66 @@ def manager(workdir: str, *, keep: int = 3, read_only: bool = False,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "config"))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+# ----------------------------------------------------------------------------
+# Checksum.
+
+
+def _key_name(key: Any) -> str:
+  """One key-path entry as its plain name: dict key, attribute name or index."""
+  if isinstance(key, (jax.tree_util.DictKey, jax.tree_util.FlattenedIndexKey)):
+    return str(key.key)
+  if isinstance(key, jax.tree_util.GetAttrKey):
+    return key.name
+  if isinstance(key, jax.tree_util.SequenceKey):
+    return str(key.idx)
+  return str(key)
+
+
+def _path_name(path: tuple) -> str:
+  return "/".join(_key_name(k) for k in path)
+
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+  """{'params/encoder/conv0/kernel': leaf, ...}.
+
+  The names are the same for the TrainState dataclass (attributes, tuples,
+  NamedTuples) and for the nested dicts and lists Orbax restores it as.
+  """
+  named = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = _path_name(path)
+    if name in named:  # E.g. keys 'a/b' and ('a', 'b'): the names would be ambiguous.
+      raise ValueError(f"Two leaves are both named {name!r}; the checksum needs unique names.")
+    named[name] = leaf
+  return named
+
+
+def state_digest(tree: Any) -> str:
+  """sha256 (hex) of a pytree of arrays, independent of its container types.
+
+  Hashes, for each leaf in the order of its normalised key path ('/'-joined
+  dict keys, attribute names and indices), the path, dtype, shape and the
+  C-contiguous bytes. So a TrainState and the dicts/lists Orbax restores it as
+  have the same digest, and one changed byte changes it.
+  """
+  h = hashlib.sha256()
+  for name, leaf in sorted(_named_leaves(tree).items()):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{name}\0{a.dtype}\0{a.shape}\0".encode())
+    h.update(a.reshape(-1).view(np.uint8))  # Any dtype (bfloat16 too), no copy.
+  return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Saving.
+
+# The step each manager is still writing in the background, for error messages.
+_pending: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK_FULL_TEXT = {os.strerror(e).lower(): e for e in _DISK_FULL}
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
@@ -43,79 +160,506 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 
 def save(mngr: ocp.CheckpointManager, state: ts.TrainState, config) -> None:
-  """Saves a host (unreplicated) state at ``state.step``; force-saves."""
-  step = int(state.step)
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(_config_json(config))), force=True)
+  """Saves a host (unreplicated) state at ``state.step``, with its checksum; force-saves.
+
+  The write finishes in the background; its failure surfaces from the next
+  ``save``, ``check_saves`` or ``finish``.
+
+  Raises:
+    CheckpointWriteError: the previous save failed, or this one failed to start.
+  """
+  _surface_errors(mngr, block=True)  # Orbax's save() would raise the previous failure raw.
+  # An owned host copy: the checksum reads it, Orbax writes it while training
+  # goes on, and numpy (unlike device arrays) restores on any device topology.
+  host = jax.tree.map(np.array, state)
+  step = int(host.step)
+  integrity = {"format": FORMAT, "sha256": state_digest(host),
+               "num_leaves": len(jax.tree.leaves(host))}
+  _pending[mngr] = step
+  try:
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host),
+        config=ocp.args.JsonSave(_config_json(config)),
+        integrity=ocp.args.JsonSave(integrity)), force=True)
+  except Exception as e:  # pylint: disable=broad-except
+    if _io_cause(e) == (None, None):
+      raise  # A programming error, not the disk.
+    raise _write_error(mngr, e) from e
 
 
-def _abstract(state: ts.TrainState):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
-                      if not isinstance(a, jax.ShapeDtypeStruct) else a, state)
+def check_saves(mngr: ocp.CheckpointManager) -> None:
+  """Raises CheckpointWriteError if a finished background save failed; never blocks."""
+  _surface_errors(mngr, block=False)
+
+
+def finish(mngr: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+  """Waits for the background save and closes ``mngr``.
+
+  Args:
+    quiet: log a failed save instead of raising (for an error path that is
+      already raising something else).
+  Raises:
+    CheckpointWriteError: the save failed (the manager is closed all the same).
+  """
+  try:
+    _surface_errors(mngr, block=True)
+  except CheckpointWriteError as e:
+    try:
+      mngr.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # The write error is the one to report.
+    if not quiet:
+      raise
+    logging.error("%s", e)
+    return
+  mngr.close()
+
+
+def _saving(mngr: ocp.CheckpointManager) -> bool:
+  in_progress = getattr(mngr, "is_saving_in_progress", None)
+  return True if in_progress is None else bool(in_progress())
+
+
+def _surface_errors(mngr: ocp.CheckpointManager, *, block: bool) -> None:
+  """Re-raises a failed background save as CheckpointWriteError.
+
+  Orbax 0.12 keeps the error of an async save in its finalize thread: the
+  checkpointer's own error slot is emptied by that thread, so
+  ``check_for_errors()`` misses it; ``wait_until_finished()`` re-raises it
+  (once) as whatever TensorStore raised (a ValueError 'RESOURCE_EXHAUSTED ...
+  [os_error_code=28]', not an OSError), and ``save()`` raises it too because it
+  waits first. So: check, then wait when the save is over (or when blocking).
+  """
+  try:
+    if hasattr(mngr, "check_for_errors"):
+      mngr.check_for_errors()
+    if block or not _saving(mngr):
+      mngr.wait_until_finished()
+      _pending.pop(mngr, None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _write_error(mngr, e) from e
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def _io_cause(e: BaseException) -> tuple[Optional[int], Optional[OSError]]:
+  """(errno, OSError) of an I/O failure anywhere in ``e``'s chain; None where unknown."""
+  oserror = next((x for x in _chain(e) if isinstance(x, OSError)), None)
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.errno:
+      return x.errno, oserror
+    m = re.search(r"os_error_code='?(\d+)", str(x))  # TensorStore's errors are not OSErrors.
+    if m:
+      return int(m.group(1)), oserror
+    text = str(x).lower()
+    for msg, code in _DISK_FULL_TEXT.items():
+      if msg in text:
+        return code, oserror
+  return None, oserror
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  text = str(e).strip().split("\n")[0] if str(e).strip() else type(e).__name__
+  text = text.split(" [tensorstore_spec=")[0]  # TensorStore appends kilobytes of JSON.
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _write_error(mngr: ocp.CheckpointManager, e: BaseException) -> CheckpointWriteError:
+  step = _pending.pop(mngr, None)
+  code, oserror = _io_cause(e)
+  if code in _DISK_FULL:
+    reason = f"disk full (OSError {errno.errorcode[code]}: {os.strerror(code)})"
+  elif oserror is not None:
+    reason = f"{type(oserror).__name__}: {_first_line(oserror)}"
+  elif code is not None:
+    reason = f"OSError {errno.errorcode.get(code, code)}: {_first_line(e)}"
+  else:
+    reason = _reason(e)
+  try:
+    mngr.reload()  # Orbax already dropped the steps this save was to replace.
+    kept = sorted(s for s in mngr.all_steps() if s != step)
+  except Exception:  # pylint: disable=broad-except
+    kept = []
+  previous = (f"the previous checkpoint {kept[-1]} is kept" if kept
+              else "no earlier checkpoint exists")
+  what = f"checkpoint {step}" if step is not None else "a checkpoint"
+  return CheckpointWriteError(f"Could not write {what} to {mngr.directory}: {reason}; "
+                              f"{previous}.")
+
+
+# ----------------------------------------------------------------------------
+# Orbax's and TensorStore's noise around I/O failures.
+
+
+def _is_closed_loop_error(e: Optional[BaseException]) -> bool:
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+class _QuietIoTracebacks(py_logging.Filter):
+  """Drops the tracebacks Orbax logs for I/O failures (and closed-loop callbacks).
+
+  They are reported as one line (CheckpointWriteError, CorruptCheckpointError);
+  Orbax's own error line stays, only its multi-screen traceback goes.
+  """
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    # asyncio logs "Task exception was never retrieved" for Orbax's write tasks.
+    if record.exc_info and ("orbax" in record.pathname or record.name == "asyncio"):
+      e = record.exc_info[1]
+      if e is not None and (_io_cause(e) != (None, None) or _is_closed_loop_error(e)):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _install_quiet_hooks() -> None:
+  """Installs the filter above and a ``sys.unraisablehook`` wrapper, once.
+
+  When an Orbax restore or save fails, TensorStore operations still in flight
+  call back into Orbax's already closed event loop; Python prints each as a
+  'RuntimeError: Event loop is closed' traceback, after the one-line error.
+  """
+  for logger in (logging.get_absl_logger(), py_logging.getLogger("asyncio")):
+    if not any(isinstance(f, _QuietIoTracebacks) for f in logger.filters):
+      logger.addFilter(_QuietIoTracebacks())
+  previous = sys.unraisablehook
+  if getattr(previous, "_vaegan_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_error(unraisable.exc_value):
+      previous(unraisable)
+  hook._vaegan_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+_install_quiet_hooks()
+
+
+# ----------------------------------------------------------------------------
+# Reading one step.
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(mngr.directory), str(step))
+
+
+def _reason(e: BaseException) -> str:
+  return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _restore_item(step_dir: str, name: str, handler: Any, args: Any) -> Any:
+  """Item ``name`` of a step directory, read with its own Checkpointer.
+
+  Not through the caller's manager: once a manager has saved, its item
+  handlers are fixed (StandardSave), and restoring with other args fails.
+  """
+  checkpointer = ocp.Checkpointer(handler)
+  try:
+    return checkpointer.restore(epath.Path(step_dir) / name, args=args)
+  finally:
+    checkpointer.close()
+
+
+def _read_json_item(mngr: ocp.CheckpointManager, step: int, name: str) -> Any:
+  """Item ``name`` (a JSON item) of ``step``; CorruptCheckpointError if unreadable."""
+  step_dir = _step_dir(mngr, step)
+  _check_item_dir(step_dir, name)
+  try:
+    return _restore_item(step_dir, name, ocp.JsonCheckpointHandler(), ocp.args.JsonRestore())
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(step_dir, f"its {name!r} item is unreadable: "
+                                 f"{_reason(e)}") from e
+
+
+def _check_item_dir(step_dir: str, name: str) -> None:
+  if not os.path.isdir(step_dir):
+    raise CorruptCheckpointError(step_dir, "its directory is missing")
+  if not os.listdir(step_dir):
+    raise CorruptCheckpointError(step_dir, "its directory is empty")
+  if not os.path.isdir(os.path.join(step_dir, name)):
+    raise CorruptCheckpointError(step_dir, f"its {name!r} item is missing")
+
+
+def _read_saved_config(mngr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  raw = _read_json_item(mngr, step, "config")
+  if not isinstance(raw, dict):
+    raise CorruptCheckpointError(_step_dir(mngr, step),
+                                 f"its 'config' item is a {type(raw).__name__}, not a dict")
+  return ml_collections.ConfigDict(lists_to_tuples(raw))
+
+
+_warned_unverified: set[str] = set()
+
+
+def _read_state(mngr: ocp.CheckpointManager, step: int) -> Any:
+  """The saved state as nested dicts/lists of numpy arrays, checksum verified."""
+  step_dir = _step_dir(mngr, step)
+  _check_item_dir(step_dir, "state")
+  path = os.path.join(step_dir, "state")
+  try:
+    # The saved tree, read as numpy whatever devices it was saved from (a
+    # template-free restore would recreate the saved device shardings).
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      saved = handler.metadata(epath.Path(path)).tree
+    finally:
+      handler.close()
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+    raw = _restore_item(step_dir, "state", ocp.PyTreeCheckpointHandler(),
+                        ocp.args.PyTreeRestore(restore_args=restore_args))
+    raw = jax.tree.map(np.asarray, raw)
+  except Exception as e:  # pylint: disable=broad-except
+    # Without a target, any failure is unreadable data, not a config mismatch.
+    raise CorruptCheckpointError(step_dir, f"its 'state' item is unreadable: "
+                                 f"{_reason(e)}") from e
+  if not os.path.isdir(os.path.join(step_dir, "integrity")):
+    if step_dir in _warned_unverified:
+      return raw
+    _warned_unverified.add(step_dir)  # Once, though read_config and restore both read it.
+    logging.warning("Checkpoint %s has no checksum (written before checkpoints had one); "
+                    "restoring it unverified.", step_dir)
+    return raw
+  record = _read_json_item(mngr, step, "integrity")
+  if (not isinstance(record, dict) or record.get("format") != FORMAT
+      or not isinstance(record.get("sha256"), str)):
+    raise CorruptCheckpointError(step_dir, f"its 'integrity' item is not a format-{FORMAT} "
+                                 "record")
+  try:
+    num_leaves, digest = len(jax.tree.leaves(raw)), state_digest(raw)
+  except ValueError as e:
+    raise CorruptCheckpointError(step_dir, _reason(e)) from e
+  if num_leaves != record.get("num_leaves"):
+    raise CorruptCheckpointError(step_dir, f"it holds {num_leaves} arrays but "
+                                 f"{record.get('num_leaves')} were saved")
+  if digest != record["sha256"]:
+    raise CorruptCheckpointError(step_dir, "checksum mismatch: its data differs from what "
+                                 "was saved")
+  return raw
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda a: a if isinstance(a, jax.ShapeDtypeStruct)
+                      else jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), tree)
+
+
+def _match_template(raw: Any, template: Any, what: str) -> Any:
+  """``raw``'s arrays in ``template``'s pytree type, matched by normalised path.
+
+  Orbax gives back dicts and lists; the model built from the config decides
+  the type, and every leaf's name, shape and dtype must agree with it.
+  """
+  paths, treedef = jax.tree_util.tree_flatten_with_path(_abstract(template))
+  want = [(_path_name(p), w) for p, w in paths]
+  got = _named_leaves(raw)
+  missing = sorted({n for n, _ in want} - set(got))
+  extra = sorted(set(got) - {n for n, _ in want})
+  if missing or extra:
+    detail = (f"{missing[0]!r} is not in the checkpoint" if missing
+              else f"{extra[0]!r} is not in the model")
+    raise CheckpointError(f"{what} does not match the model built from the config (different "
+                          f"parameter tree: {detail}); use the config saved with it or a fresh "
+                          "--workdir.")
+  for name, w in want:
+    g = got[name]
+    if tuple(w.shape) != g.shape or np.dtype(w.dtype) != g.dtype:
+      raise CheckpointError(
+          f"{what} does not match the model built from the config: {name} is {g.shape} "
+          f"{g.dtype} in the checkpoint but {tuple(w.shape)} {w.dtype} in the model; use the "
+          "config saved with it or a fresh --workdir.")
+  return jax.tree_util.tree_unflatten(treedef, [got[n] for n, _ in want])
 
 
 def restore_state(mngr: ocp.CheckpointManager, template: Any,
                   step: Optional[int] = None) -> Any:
-  """Restores into the structure of ``template`` (a host pytree or its eval_shape),
-  checking every leaf's shape and dtype; raises a one-line CheckpointError."""
-  step = mngr.latest_step() if step is None else step
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(template))))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(
-        f"Checkpoint step {step} in {mngr.directory} does not match the model built from "
-        f"the config ({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the config "
-        "saved with it or a fresh --workdir.") from e
-  except OSError as e:  # e.g. a half-deleted checkpoint directory
-    raise CheckpointError(f"Cannot read checkpoint {step} in {mngr.directory} "
-                          f"({type(e).__name__}: {e}).") from e
-  state = jax.tree.map(np.asarray, restored.state)
-  _check_matches(state, _abstract(template), f"Checkpoint step {step} in {mngr.directory}")
-  return state
+  """Restores checkpoint ``step`` (default: latest) in ``template``'s structure.
 
-
-def _check_matches(state, expected, what: str) -> None:
-  """Orbax restores arrays at their *saved* shapes whatever the template says, so
-  compare every leaf's path, shape and dtype with the model the config builds."""
-  want = jax.tree_util.tree_flatten_with_path(expected)[0]
-  got = jax.tree_util.tree_flatten_with_path(state)[0]
-  if [p for p, _ in want] != [p for p, _ in got]:
-    raise CheckpointError(f"{what} does not match the model built from the config (different "
-                          "parameter tree); use the config saved with it or a fresh --workdir.")
-  for (p, w), (_, g) in zip(want, got):
-    if tuple(w.shape) != np.shape(g) or np.dtype(w.dtype) != g.dtype:
-      raise CheckpointError(
-          f"{what} does not match the model built from the config: "
-          f"{jax.tree_util.keystr(p)} is {np.shape(g)} {g.dtype} in the checkpoint but "
-          f"{tuple(w.shape)} {w.dtype} in the model; use the config saved with it or a fresh "
-          "--workdir.")
-
-
-def read_config(workdir: str, step: Optional[int] = None) -> tuple[ml_collections.ConfigDict, int]:
-  """The config saved with checkpoint ``step`` (default: latest), and that step."""
-  mngr = manager(workdir, read_only=True)
+  Args:
+    template: a host pytree or its ``jax.eval_shape``; every leaf's shape and
+      dtype must match the saved one.
+  Returns:
+    ``template``'s pytree type with numpy leaves.
+  Raises:
+    CorruptCheckpointError: unreadable, or the checksum does not match.
+    CheckpointError: an intact checkpoint of another model (one line).
+  """
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise CheckpointError(f"No checkpoint in {checkpoint_dir(workdir)}; train first with "
-                          f"`python -m experiments.train --workdir={workdir}`.")
-  if step not in mngr.all_steps():
+    raise CheckpointError(f"No checkpoint in {mngr.directory}.")
+  raw = _read_state(mngr, step)
+  return _match_template(raw, template, f"Checkpoint step {step} in {mngr.directory}")
+
+
+# ----------------------------------------------------------------------------
+# Newest good checkpoint.
+
+
+def _all_steps(workdir: str) -> list[int]:
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  mngr = manager(workdir, read_only=True)
+  try:
+    return sorted(mngr.all_steps())
+  finally:
+    mngr.close()
+
+
+def _move_aside(workdir: str, step: int) -> str:
+  """Moves ``checkpoints/<step>`` to ``checkpoints_bad/<step>[.k]``; returns the new path."""
+  os.makedirs(quarantine_dir(workdir), exist_ok=True)
+  dest = os.path.join(quarantine_dir(workdir), str(step))
+  k = 0
+  while os.path.lexists(dest):
+    k += 1
+    dest = os.path.join(quarantine_dir(workdir), f"{step}.{k}")
+  os.rename(os.path.join(checkpoint_dir(workdir), str(step)), dest)
+  return dest
+
+
+def _newest_good(workdir: str, load: Callable[[ocp.CheckpointManager, int], _T], *,
+                 quarantine: bool) -> Optional[_T]:
+  """``load(mngr, step)`` of the newest step it does not raise CorruptCheckpointError for.
+
+  Returns None if there is no checkpoint; other CheckpointErrors propagate.
+  """
+  steps = _all_steps(workdir)[::-1]
+  if not steps:
+    return None
+  ckdir = checkpoint_dir(workdir)
+  mngr = manager(workdir, read_only=True)  # Restores by path: moving a step aside is fine.
+  try:
+    for i, step in enumerate(steps):
+      try:
+        return load(mngr, step)
+      except CorruptCheckpointError as e:
+        where = "kept in place"
+        if quarantine:
+          try:
+            where = f"moved aside to {_move_aside(workdir, step)}"
+          except OSError as move_error:
+            where = f"kept in place (cannot move it aside: {_first_line(move_error)})"
+        then = (f"falling back to checkpoint {steps[i + 1]}" if i + 1 < len(steps)
+                else "no older checkpoint to fall back to")
+        logging.warning("Checkpoint %d in %s is unusable (%s); %s; %s.", step, ckdir,
+                        e.reason, where, then)
+  finally:
+    mngr.close()
+  listed = ", ".join(str(s) for s in sorted(steps))
+  if quarantine:
+    raise CheckpointError(
+        f"None of the checkpoints in {ckdir} is usable (steps {listed}); they were moved to "
+        f"{quarantine_dir(workdir)}, so a rerun starts from scratch.")
+  raise CheckpointError(
+      f"None of the checkpoints in {ckdir} is readable (steps {listed}; see the warnings "
+      "above); train again or use another --workdir.")
+
+
+def restore_latest(workdir: str, template: Any, *, quarantine: bool) -> Optional[Restored]:
+  """The newest usable checkpoint of ``workdir`` in ``template``'s structure.
+
+  Unusable checkpoints (unreadable, checksum mismatch) are skipped with one
+  warning each; with ``quarantine`` they are also moved to
+  ``workdir/checkpoints_bad/<step>`` (never deleted). Managers created before
+  a move are stale: create the training manager afterwards, or ``reload()`` it.
+
+  Args:
+    template: a host pytree or its ``jax.eval_shape`` (e.g. a TrainState).
+    quarantine: move unusable checkpoints aside (only the trainer should).
+  Returns:
+    Restored(state, step, config), or None if there is no checkpoint at all.
+  Raises:
+    CheckpointError: checkpoints exist but none is usable, or the newest
+      readable one is of another model (then nothing is moved).
+  """
+  def load(mngr, step):
+    config = _read_saved_config(mngr, step)
+    return Restored(restore_state(mngr, template, step), step, config)
+  return _newest_good(workdir, load, quarantine=quarantine)
+
+
+def _no_checkpoint(workdir: str) -> CheckpointError:
+  return CheckpointError(f"No checkpoint in {checkpoint_dir(workdir)}; train first with "
+                         f"`python -m experiments.train --workdir={workdir}`.")
+
+
+def _reader(workdir: str, step: int) -> ocp.CheckpointManager:
+  """A read-only manager of ``workdir`` after checking that ``step`` exists."""
+  steps = _all_steps(workdir)
+  if not steps:
+    raise _no_checkpoint(workdir)
+  if step not in steps:
     raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; "
-                          f"available: {sorted(mngr.all_steps())}.")
-  raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  return ml_collections.ConfigDict(lists_to_tuples(raw)), step
+                          f"available: {steps}.")
+  return manager(workdir, read_only=True)
+
+
+def read_config(workdir: str, step: Optional[int] = None, *,
+                verify: Optional[bool] = None) -> tuple[ml_collections.ConfigDict, int]:
+  """The config saved with checkpoint ``step``, and that step.
+
+  With ``step=None``, the newest usable checkpoint: its state is read and its
+  checksum checked too, so ``restore_for_inference`` of that step succeeds;
+  unusable ones are skipped with a warning, never moved (a trainer may be
+  running).
+
+  Args:
+    verify: also read ``step``'s state and check its checksum (default: only
+      when ``step`` is None), e.g. to fail before expensive set-up.
+  Raises:
+    CorruptCheckpointError: ``step`` is given and unusable.
+    CheckpointError: no (usable) checkpoint, or no such step.
+  """
+  verify = step is None if verify is None else verify
+
+  def load(mngr, s):
+    config = _read_saved_config(mngr, s)
+    if verify:
+      _read_state(mngr, s)
+    return config, s
+  if step is None:
+    found = _newest_good(workdir, load, quarantine=False)
+    if found is None:
+      raise _no_checkpoint(workdir)
+    return found
+  mngr = _reader(workdir, step)
+  try:
+    return load(mngr, step)
+  finally:
+    mngr.close()
 
 
 def restore_for_inference(workdir: str, step: Optional[int] = None,
                           config: Optional[ml_collections.ConfigDict] = None
                           ) -> tuple[ts.TrainState, ml_collections.ConfigDict]:
-  """(host TrainState, config) from ``workdir``; the saved config unless one is given."""
-  saved, step = read_config(workdir, step)
-  config = saved if config is None else config
-  template = jax.eval_shape(lambda: ts.create_train_state(config, jax.random.PRNGKey(0)))
-  mngr = manager(workdir, read_only=True)
-  return restore_state(mngr, template, step), config
+  """(host TrainState, config) from ``workdir``; the saved config unless one is given.
+
+  ``step=None`` takes the newest usable checkpoint (unusable ones are skipped
+  with a warning, never moved); ``state.step`` says which one it was.
+
+  Raises:
+    CorruptCheckpointError: ``step`` is given and unusable.
+    CheckpointError: no (usable) checkpoint, no such step, or another model.
+  """
+  def load(mngr, s):
+    saved = _read_saved_config(mngr, s)
+    cfg = saved if config is None else config
+    template = jax.eval_shape(lambda: ts.create_train_state(cfg, jax.random.PRNGKey(0)))
+    return restore_state(mngr, template, s), cfg
+  if step is None:
+    found = _newest_good(workdir, load, quarantine=False)
+    if found is None:
+      raise _no_checkpoint(workdir)
+    return found
+  mngr = _reader(workdir, step)
+  try:
+    return load(mngr, step)
+  finally:
+    mngr.close()
 
 
 def lists_to_tuples(x: Any) -> Any:

@@ -100,6 +100,13 @@ class Architecture:
         raise ValueError(
             f"image_size={self.image_size} must be divisible by 2**len({name})="
             f"{2 ** n}; use e.g. --config.model.image_size={64 if n == 3 else 2 ** (n + 3)}.")
+    for name in ("z_dim", "enc_dense", "dec_dense_channels", "dis_first", "dis_dense"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}; e.g. "
+                         f"--config.model.{name}={16 if name == 'z_dim' else 64}.")
+    for name in ("enc_widths", "dec_widths", "dis_widths"):
+      if any(int(w) <= 0 for w in getattr(self, name)):
+        raise ValueError(f"model.{name} must all be positive, got {getattr(self, name)}.")
     if self.channels not in (1, 3):
       raise ValueError(f"model.channels must be 1 or 3, got {self.channels}.")
     if self.init not in ("default", "authors"):

@@ -1,19 +1,37 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Reads top to bottom: validate, build or restore the state, then step with
-periodic logging, sample grids, evaluations (``config.eval_every``: FID, KID,
-precision/recall and reconstruction metrics, ``vaegan_jax/evaluation``) and
-checkpoints. Resuming is exact: the state
-holds the step and the RNG key, and the input order is a pure function of
-(seed, step). SIGTERM saves a checkpoint and returns; a non-finite loss stops
-training without touching the last good checkpoint.
+Reads top to bottom: validate, lock the workdir, build or restore the state,
+then step with periodic logging, sample grids, evaluations
+(``config.eval_every``: FID, KID, precision/recall and reconstruction metrics,
+``vaegan_jax/evaluation``) and checkpoints. Resuming is exact: the state holds
+the step and the RNG key, and the input order is a pure function of
+(seed, step).
+
+Faults (docs/reliability.md has the table and the tests):
+  * SIGTERM and SIGINT finish the current step, save it and return (exit 0);
+    a second Ctrl-C exits at once. Under ``jax.distributed`` the processes
+    agree on the stop step with an all-reduce of the flag before every step,
+    so none is left waiting in a collective. At most two steps are in flight
+    (one when a step takes over a second), so the save fits a ~30 s grace period.
+  * A checkpoint is written only for a state whose own loss was seen finite:
+    the state of step s is held on the host and saved after step s + 1's loss
+    (computed from it) is finite; a preemption save checks that every
+    parameter, optimizer and BN value is finite.
+  * Every exit path finishes (or reports, as one line) the in-flight save.
+  * Corrupt checkpoints are moved aside and the newest good one is resumed
+    (``checkpoint.restore_latest``); one trainer per workdir (``workdir_lock``).
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import functools
+import math
+import os
 import signal
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -26,6 +44,7 @@ from vaegan_jax import metric_writer
 from vaegan_jax import models
 from vaegan_jax import parallel
 from vaegan_jax import train_step as ts
+from vaegan_jax import workdir_lock
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as eval_features
 
@@ -38,9 +57,28 @@ class ConfigError(ValueError):
   """A config that can't work; the message is one line naming the fix."""
 
 
+class DiskFullError(RuntimeError):
+  """The workdir's disk filled up; the message names the newest checkpoint kept."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 # Errors that the binary reports as one line, without a traceback.
 USER_ERRORS = (ConfigError, input_pipeline.DataError, checkpoint.CheckpointError,
-               NonFiniteLossError, eval_features.FeatureError)
+               NonFiniteLossError, eval_features.FeatureError,
+               workdir_lock.WorkdirLockedError, DiskFullError)
+
+# A resumed run with another value of these is another experiment: refused
+# unless --config.allow_config_change=True.
+EXPERIMENT_FIELDS = ("kind", "data.name", "data.folder", "data.train_split",
+                     "data.num_examples", "data.image_size", "data.channels",
+                     "model.num_attributes")
+# Run-time settings that may change between runs without a word.
+RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
+                  "keep_checkpoints", "num_sample_images", "eval_every", "eval_num",
+                  "eval_features", "eval_inception_weights", "allow_config_change",
+                  "model.conv_impl", "data.data_dir", "data.manual_dir")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
@@ -62,6 +100,13 @@ def _validate(config):
   for k in ("num_train_steps", "log_every", "checkpoint_every", "sample_every"):
     if int(config[k]) <= 0:
       raise ValueError(f"{k} must be positive, got {config[k]}; e.g. --config.{k}=100.")
+  if int(config.keep_checkpoints) < 1:
+    raise ValueError(f"keep_checkpoints must be >= 1 (it would delete every checkpoint), "
+                     f"got {config.keep_checkpoints}; e.g. --config.keep_checkpoints=3.")
+  lr = float(config.learning_rate)
+  if not (math.isfinite(lr) and lr > 0):
+    raise ValueError(f"learning_rate must be a positive number, got {config.learning_rate}; "
+                     "e.g. --config.learning_rate=3e-4.")
   if int(config.get("eval_every", 0)) < 0:
     raise ValueError(f"eval_every must be >= 0 (0: off), got {config.eval_every}.")
   if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
@@ -81,6 +126,12 @@ def _validate(config):
         f"the model expects {arch.image_size}x{arch.image_size}x{arch.channels}; set "
         "--config.data.image_size/channels and --config.model.image_size/channels alike.")
   info = input_pipeline.validate(config.data)
+  if config.batch_size > info.num_examples:
+    raise ValueError(
+        f"batch_size={config.batch_size} is larger than the {info.num_examples} examples of "
+        f"{info.name!r} split {config.data.train_split!r}; use --config.batch_size="
+        f"{max(jax.device_count(), info.num_examples // jax.device_count() * jax.device_count())}"
+        " or more data.")
   if arch.num_attributes and len(info.attribute_names) != arch.num_attributes:
     raise ValueError(
         f"model.num_attributes={arch.num_attributes} but dataset {info.name!r} has "
@@ -89,28 +140,93 @@ def _validate(config):
   return info
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks between steps."""
+class StopRequest:
+  """SIGTERM/SIGINT -> a flag checked before every step; all processes agree on it.
+
+  Single process: the local flag. Under ``jax.distributed`` an all-reduce
+  (max over every device of every process) of the flag before each step, so
+  that all processes stop after the same step and none waits alone in a
+  collective or a checkpoint barrier. The all-reduce depends on the last
+  state, so reading it also bounds the steps in flight.
+  A second SIGINT exits at once (130) without saving; the checkpoints already
+  written stay intact (orbax's atomic rename).
+  """
 
   def __init__(self):
     self.requested = False
-    self._old = None
+    self.signal_name = ""
+    self._old = {}
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no signal handling
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      logging.warning("Second SIGINT: exiting now without saving; the last checkpoint "
+                      "is kept.")
+      logging.flush()
+      os._exit(130)  # pylint: disable=protected-access
+    if not self.requested:
+      logging.warning("%s received: finishing the current step, saving a checkpoint and "
+                      "exiting%s.", name,
+                      " (Ctrl-C again exits at once, without saving)"
+                      if signum == signal.SIGINT else "")
+    self.requested, self.signal_name = True, self.signal_name or name
+
+  def agreed(self, rstate) -> bool:
+    """Whether every process stops before the next step (same answer on all)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flag = parallel.replicate(np.int32(self.requested))
+    agreed = bool(parallel.unreplicate(_agree_fn()(flag, rstate.step)))
+    if agreed and not self.requested:
+      logging.warning("Another process was asked to stop: saving and exiting.")
+      self.requested = True
+    return agreed
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+@functools.lru_cache(maxsize=None)
+def _agree_fn():
+  # The state's step is an input so that this runs after the last step.
+  return jax.pmap(lambda flag, step: jax.lax.pmax(flag + 0 * step, parallel.AXIS),
+                  axis_name=parallel.AXIS)
+
+
+class _InFlight:
+  """Bounds the steps dispatched ahead of the device.
+
+  JAX dispatches asynchronously, so without a bound the loop runs hundreds of
+  steps ahead and a stop request waits for all of them. Two in flight keep the
+  device busy while the host prepares the next step; one when a step is slower
+  than ``slow_s``, so a stop waits at most for the step that is running.
+  """
+
+  def __init__(self, slow_s: float = 1.0):
+    self.slow_s = slow_s
+    self._pending = collections.deque()
+    self._last_done = None
+    self._step_s = 0.0
+
+  def add(self, marker) -> None:
+    self._pending.append(marker)
+    bound = 1 if self._step_s > self.slow_s else 2
+    while len(self._pending) >= bound:
+      jax.block_until_ready(self._pending.popleft())
+      now = time.time()
+      if self._last_done is not None:
+        self._step_s = now - self._last_done
+      self._last_done = now
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,18 +273,108 @@ def _check_finite(rstate) -> None:
         "--config.balance=True.")
 
 
+def _finite_host_state(rstate) -> ts.TrainState:
+  """The host copy of the state, refused if any value in it is NaN/inf."""
+  # An owned copy: on CPU the unreplicated arrays may be views of device buffers
+  # that the next step (donating its input) overwrites.
+  state = jax.tree.map(np.array, parallel.unreplicate(rstate))
+  for group in ("params", "opt_state", "batch_stats"):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, group))[0]:
+      leaf = np.asarray(leaf)
+      if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+        raise NonFiniteLossError(
+            f"Non-finite {group}{jax.tree_util.keystr(path)} after step {int(state.step)}; "
+            "training stopped and the last good checkpoint is kept. Try a lower "
+            "--config.learning_rate.")
+  return state
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another "
+                      "--workdir.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"Cannot write to --workdir={workdir} ({type(e).__name__}: "
+                      f"{e.strerror or e}); choose a writable directory.") from e
+
+
+def _flat(config) -> dict:
+  """Dotted keys -> values (tuples as lists), for comparing configs."""
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, prefix + k + ".")
+      else:
+        out[prefix + k] = list(v) if isinstance(v, (tuple, list)) else v
+  walk(config.to_dict() if hasattr(config, "to_dict") else config, "")
+  return out
+
+
+def check_config_change(saved, config) -> list[str]:
+  """Differences between a checkpoint's config and ``config`` that matter.
+
+  Returns the changed fields ('field: saved -> now'); raises ConfigError when
+  one of them makes the resumed run another experiment (EXPERIMENT_FIELDS),
+  unless ``config.allow_config_change``.
+  """
+  old, new = _flat(saved), _flat(config)
+  changed = [k for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and k not in RUNTIME_FIELDS]
+  lines = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+  refused = [k for k in changed if k in EXPERIMENT_FIELDS]
+  if refused and not config.get("allow_config_change", False):
+    raise ConfigError(
+        f"The checkpoint was trained with another experiment ({'; '.join(lines)}); use a fresh "
+        "--workdir, or --config.allow_config_change=True to go on anyway.")
+  return lines
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
   """Trains ``config.kind`` until ``config.num_train_steps``; returns the host state."""
   info = validate_config(config)
+  _check_workdir(workdir)
   logging.info("Dataset %s: %d examples; %d devices, %d processes.", info.name,
                info.num_examples, jax.device_count(), jax.process_count())
   is_chief = jax.process_index() == 0
-  mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+  lock = workdir_lock.WorkdirLock(workdir)
+  if is_chief:
+    lock.acquire()
+  try:
+    with StopRequest() as stop:
+      return _train(config, workdir, is_chief, stop)
+  finally:
+    lock.release()
+
+
+def _restore(config, workdir: str, is_chief: bool) -> tuple[ts.TrainState, bool]:
+  """(state, resumed): the newest good checkpoint, else a fresh state."""
   state = ts.create_train_state(config, jax.random.PRNGKey(config.seed))
-  if mngr.latest_step() is not None:
-    state = checkpoint.restore_state(mngr, jax.device_get(state))
-    logging.info("Resumed from step %d.", int(state.step))
+  restored = checkpoint.restore_latest(workdir, jax.device_get(state), quarantine=is_chief)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.assert_equal(
+        np.int64(-1 if restored is None else restored.step),
+        "The processes found different checkpoints to resume from; is --workdir shared?")
+  if restored is None:
+    return state, False
+  for line in check_config_change(restored.config, config):
+    logging.warning("Resuming with a changed config: %s", line)
+  logging.info("Resumed from step %d.", restored.step)
+  return restored.state, True
+
+
+def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainState:
+  state, _ = _restore(config, workdir, is_chief)
   start = int(state.step)
+  mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   arch = models.Architecture.from_config(config.model)
@@ -189,14 +395,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   del state
   window, t_log, step_log = [], time.time(), start
   total = config.num_train_steps
-  with _Preemption() as preempt:
-    for step in range(start, total):
+  in_flight = _InFlight()
+  pending = None  # host state of a checkpoint step, saved once the next loss is finite
+  s = start
+  try:
+    while s < total and not stop.agreed(rstate):
       rstate, metrics = step_fn(rstate, next(batches))
+      s += 1
+      in_flight.add(metrics)
       window.append(metrics)
-      s = step + 1
-      last = s == total or preempt.requested
-      if s % config.log_every == 0 or last:
+      if pending is not None:  # step s's loss came from the pending state
         _check_finite(rstate)
+        checkpoint.save(mngr, pending, config)
+        pending = None
+      if s % config.log_every == 0 or s == total:
+        _check_finite(rstate)
+        checkpoint.check_saves(mngr)
         means = {k: float(np.mean([np.asarray(m[k]).mean() for m in window]))
                  for k in window[0]}
         dt = time.time() - t_log
@@ -205,21 +419,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         writer.write_scalars(s, {**means, "images_per_sec": ips},
                              f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min")
         window, t_log, step_log = [], time.time(), s
-      if is_chief and (s % config.sample_every == 0 or last):
+      if is_chief and (s % config.sample_every == 0 or s == total):
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)
-      if is_chief and _eval_due(config, s, total) and not preempt.requested:
+      if is_chief and _eval_due(config, s, total) and not stop.requested:
         _check_finite(rstate)
         _evaluate(writer, workdir, parallel.unreplicate(rstate), config, extractor, no_features)
-      if s % config.checkpoint_every == 0 or last:
-        _check_finite(rstate)
-        checkpoint.save(mngr, parallel.unreplicate(rstate), config)
-      if preempt.requested:
-        logging.warning("Preempted: stopped after step %d, checkpoint %d saved.", s, s)
-        break
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
-  return parallel.unreplicate(rstate)
+      if s % config.checkpoint_every == 0 or s == total:
+        pending = _finite_host_state(rstate)
+    if pending is not None and not stop.requested:
+      # The last state's own loss: one more step, whose update is discarded.
+      probe, _ = step_fn(rstate, next(batches))
+      _check_finite(probe)
+      rstate = None
+      checkpoint.save(mngr, pending, config)
+    elif s > start and stop.requested:
+      # No time to wait for another step: save what every value checks finite.
+      _check_finite(rstate)
+      checkpoint.save(mngr, pending or _finite_host_state(rstate), config)
+    checkpoint.finish(mngr)
+  except BaseException as e:
+    checkpoint.finish(mngr, quiet=True)  # the in-flight save completes or is reported
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      kept = checkpoint.manager(workdir, read_only=True).latest_step()
+      raise DiskFullError(
+          f"Disk full writing {e.filename or workdir} ({e.strerror}); the newest "
+          f"checkpoint, {kept}, is kept: free space and rerun to resume") from e
+    raise
+  finally:
+    try:
+      writer.close()
+    except OSError as e:
+      logging.warning("Could not close the metric writer: %s", e)
+  if stop.requested and s > start:
+    logging.warning("Preempted (%s): stopped after step %d, checkpoint %d saved.",
+                    stop.signal_name or "another process", s, s)
+  elif stop.requested:
+    logging.warning("Stopped before the first step; nothing new to save.")
+  return pending if rstate is None else parallel.unreplicate(rstate)
 
 
 def _eval_features(config):

@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # Resuming with another kind or data is refused unless this is True
+  # (vaegan_jax/train.py EXPERIMENT_FIELDS); other changes are logged.
+  c.allow_config_change = False
   c.sample_every = 100
   c.num_sample_images = 64
   # Evaluation during training (vaegan_jax/evaluation): FID/KID/precision/recall

@@ -429,8 +429,9 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
   """Evaluates checkpoints of ``workdir``; writes their JSON and TensorBoard scalars.
 
   Args:
-    step: None (the latest), an int, or 'all': every checkpoint without a
-      report made with the same (num, features, seed).
+    step: None (the newest usable one: corrupt newer ones are skipped with a
+      warning), an int, or 'all': every checkpoint without a report made with
+      the same (num, features, seed); corrupt ones are skipped with a warning.
     features: 'auto' | 'inception' | 'classifier' (see ``features.resolve``).
     writer: a ``metric_writer.MetricWriter`` for the scalars (default: one on
       ``workdir``, closed at the end).
@@ -447,16 +448,20 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
         f'No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with '
         f'`python -m experiments.train --workdir={workdir}`.')
   if step is None or step == 'latest':
-    steps = [available[-1]]
+    # The newest usable checkpoint: corrupt newer ones are skipped with a warning.
+    config, latest = checkpoint.read_config(workdir)
+    steps = [latest]
   elif step == 'all':
     steps = available
+    config = _newest_readable_config(workdir, steps)
   else:
     if int(step) not in available:
       raise checkpoint.CheckpointError(
           f'No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; '
           f'available: {available}.')
     steps = [int(step)]
-  config, _ = checkpoint.read_config(workdir, steps[-1])
+    # A corrupt checkpoint fails here, before the features are set up.
+    config, _ = checkpoint.read_config(workdir, steps[-1], verify=True)
   extractor, why = feats_lib.resolve(features, config.data, inception_weights=inception_weights,
                                      classifier_dir=classifier_dir)
   name = extractor.name if extractor else None
@@ -468,11 +473,18 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
   if own_writer:
     from vaegan_jax import metric_writer  # pylint: disable=g-import-not-at-top
     writer = metric_writer.MetricWriter(workdir)
-  reports = []
+  reports, unusable = [], []
   try:
     for s in steps:
-      report = evaluate_checkpoint(workdir, s, num=num, extractor=extractor,
-                                   no_features_reason=why, seed=seed)
+      try:
+        report = evaluate_checkpoint(workdir, s, num=num, extractor=extractor,
+                                     no_features_reason=why, seed=seed)
+      except checkpoint.CorruptCheckpointError as e:
+        if step != 'all':
+          raise
+        logging.warning('Skipping checkpoint %d: %s', s, e)
+        unusable.append(s)
+        continue
       write_report(workdir, report)
       if writer is not None:
         writer.write_eval(report['step'], scalars(report))
@@ -480,7 +492,23 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
   finally:
     if own_writer:
       writer.close()
+  if unusable and not reports:
+    raise checkpoint.CheckpointError(
+        f'None of the checkpoints {unusable} in {checkpoint.checkpoint_dir(workdir)} is '
+        'readable (see the warnings above); train again or use another --workdir.')
   return reports
+
+
+def _newest_readable_config(workdir: str, steps: list[int]) -> Any:
+  """The config of the newest of ``steps`` whose config can be read (for the features)."""
+  for s in reversed(steps):
+    try:
+      return checkpoint.read_config(workdir, s)[0]
+    except checkpoint.CorruptCheckpointError:
+      continue  # Warned about when its evaluation is skipped.
+  raise checkpoint.CheckpointError(
+      f'None of the checkpoints {steps} in {checkpoint.checkpoint_dir(workdir)} has a readable '
+      'config; train again or use another --workdir.')
 
 
 USER_ERRORS = (checkpoint.CheckpointError, input_pipeline.DataError, feats_lib.FeatureError)
