@@ -47,7 +47,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STEP = re.compile(r"\] step (\d+) ")
 
 
-def _random_folder(root: str, n: int = 64) -> str:
+def _random_folder(root: str, n: int = 160) -> str:
   rng = np.random.default_rng(0)
   for i in range(n):
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
@@ -62,26 +62,27 @@ def _free_port() -> int:
 
 
 def _commands(row: str, workdir: str, tmp: str) -> tuple[list[list[str]], list[dict]]:
-  base = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
-          "--config.num_train_steps=1000000", "--config.log_every=1",
-          "--config.sample_every=1000000", "--config.checkpoint_every=1000000",
-          "--config.eval_every=0"]
+  cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}"]
+  # After --config=..., which they override.
+  overrides = ["--config.num_train_steps=1000000", "--config.log_every=1",
+               "--config.sample_every=1000000", "--config.checkpoint_every=1000000",
+               "--config.eval_every=0"]
   env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
   if row == "digits":
-    return [base], [env]
+    return [cmd + overrides], [env]
   if row == "paper64":
     folder = os.path.join(tmp, "images")
     os.makedirs(folder, exist_ok=True)
     _random_folder(folder)
-    return [base + ["--config=experiments/configs/folder.py",
-                    f"--config.data.folder={folder}"]], [env]
+    return [cmd + ["--config=experiments/configs/folder.py",
+                   f"--config.data.folder={folder}"] + overrides], [env]
   if row == "two_process":
     port = _free_port()
     env2 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                 JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-    cmds = [base + ["--config=experiments/configs/tiny.py", "--config.model.conv_impl=xla",
-                    f"--jax_coordinator=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}"] for i in range(2)]
+    cmds = [cmd + ["--config=experiments/configs/tiny.py", "--config.model.conv_impl=xla",
+                   f"--jax_coordinator=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"] + overrides for i in range(2)]
     return cmds, [env2, env2]
   raise app.UsageError(f"Unknown row {row!r}; use digits, paper64 or two_process.")
 

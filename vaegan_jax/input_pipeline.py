@@ -268,6 +268,25 @@ class _CappedSource(Source):
     return self._base._get(idx)  # pylint: disable=protected-access
 
 
+class _OneHotLabels(Source):
+  """Adds 'attributes' = one-hot 'label' (``data.label_attributes``): class-conditional
+  models on labelled data take the class as their attribute vector y."""
+
+  def __init__(self, base: Source):
+    n = base.info.num_classes
+    super().__init__(dataclasses.replace(base.info, attribute_names=label_attribute_names(n)))
+    self._base = base
+
+  def _get(self, idx):
+    out = self._base._get(idx)  # pylint: disable=protected-access
+    out["attributes"] = np.eye(self.info.num_classes, dtype=np.float32)[out["label"]]
+    return out
+
+
+def label_attribute_names(num_classes: int) -> tuple[str, ...]:
+  return tuple(f"class_{i}" for i in range(num_classes))
+
+
 class _ArraySource(Source):
   """In-memory arrays (digits)."""
 
@@ -640,6 +659,11 @@ def _split_info(cfg: Any, split: str) -> DatasetInfo:
     raise DataError(f"Split {split!r} of {name!r} is empty: choose another "
                     "split (data.train_split / data.eval_split).")
   num_classes = 10 if name in ("digits",) + _TFDS_DATASETS else 0
+  if _get(cfg, "label_attributes", False):
+    if not num_classes:
+      raise DataError(f"data.label_attributes=True needs a dataset with class labels "
+                      f"(digits, mnist, cifar10), not {name!r}.")
+    attribute_names = label_attribute_names(num_classes)
   return DatasetInfo(name, size, channels, min(n, cap) if cap else n,
                      attribute_names, num_classes)
 
@@ -684,6 +708,11 @@ def get_source(data_config: Any, split: str) -> Source:
   if len(source) == 0:
     raise DataError(f"Split {split!r} of {name!r} is empty: choose another "
                     "split (data.train_split / data.eval_split).")
+  if _get(data_config, "label_attributes", False):
+    if not source.info.num_classes:
+      raise DataError(f"data.label_attributes=True needs a dataset with class labels "
+                      f"(digits, mnist, cifar10), not {name!r}.")
+    source = _OneHotLabels(source)
   if cap and cap < len(source):
     source = _CappedSource(source, cap)
   return source

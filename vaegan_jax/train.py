@@ -73,7 +73,7 @@ USER_ERRORS = (ConfigError, input_pipeline.DataError, checkpoint.CheckpointError
 # unless --config.allow_config_change=True.
 EXPERIMENT_FIELDS = ("kind", "data.name", "data.folder", "data.train_split",
                      "data.num_examples", "data.image_size", "data.channels",
-                     "model.num_attributes")
+                     "data.label_attributes", "model.num_attributes")
 # Run-time settings that may change between runs without a word.
 RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
                   "keep_checkpoints", "num_sample_images", "eval_every", "eval_num",

@@ -59,7 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits", image_size=32, channels=1, hflip=False, train_split="train",
-      eval_split="test", num_examples=0))
+      eval_split="test", num_examples=0,
+      # Class labels as the attribute vector y (one-hot) of conditional models:
+      # with model.num_attributes=10 on digits, mnist or cifar10.
+      label_attributes=False))
   # Typed placeholders (None by default) so --config.data.manual_dir=DIR works.
   c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir (mnist, cifar10)
   c.data.manual_dir = config_dict.placeholder(str)  # CelebA's manual files
