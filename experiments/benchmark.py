@@ -30,6 +30,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
 from vaegan_jax import host_memory
@@ -226,4 +228,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -154,12 +154,19 @@ def main_pieces(args, dtype):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--runs", type=int, default=5)
-  parser.add_argument("--dtype", default="f32", choices=("f32", "bf16"))
-  parser.add_argument("--impls", default="xla,fast,matmul")
-  parser.add_argument("--pieces", action="store_true")
-  parser.add_argument("--model", default="paper64", choices=sorted(MODELS))
+  parser.add_argument("--batch", type=int, default=64, help="Batch size of every conv.")
+  parser.add_argument("--runs", type=int, default=5,
+                      help="Timed runs per conv and form (the median is reported).")
+  parser.add_argument("--dtype", default="f32", choices=("f32", "bf16"),
+                      help="Computation dtype.")
+  parser.add_argument("--impls", default="xla,fast,matmul",
+                      help="Comma-separated forms to time: xla (stock convs), fast "
+                      "(fast_conv, form 'auto'), matmul (fast_conv, form 'matmul').")
+  parser.add_argument("--pieces", action="store_true",
+                      help="Instead time each piece (forward, input gradient, kernel "
+                      "gradient) with each fast_conv method, marking the one 'auto' picks.")
+  parser.add_argument("--model", default="paper64", choices=sorted(MODELS),
+                      help="Whose conv shapes: the paper's 64x64 model or the default 32x32 one.")
   args = parser.parse_args()
   dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[args.dtype]
   if args.pieces:

@@ -27,6 +27,8 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 import numpy as np
 
 from vaegan_jax.evaluation import inception
@@ -120,4 +122,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

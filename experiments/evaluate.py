@@ -18,6 +18,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
 flags.DEFINE_string("step", None, "Checkpoint step: N, 'all' (every one without a report "
@@ -62,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

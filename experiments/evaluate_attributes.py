@@ -33,6 +33,8 @@ from typing import Any, Optional
 from absl import app
 from absl import flags
 from absl import logging
+
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 import jax
 
 from experiments import sample
@@ -198,4 +200,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

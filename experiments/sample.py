@@ -54,6 +54,8 @@ from typing import Any, Optional
 from absl import app
 from absl import flags
 from absl import logging
+
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 import jax
 import numpy as np
 
@@ -359,4 +361,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -32,6 +32,8 @@ import time
 import numpy as np
 from absl import app
 from absl import flags
+
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 from PIL import Image
 
 FLAGS = flags.FLAGS
@@ -150,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -2,7 +2,8 @@ r"""Trains VAE-GAN (or a baseline) and writes checkpoints, metrics and sample gr
 
   python -m experiments.train --workdir=/tmp/vaegan                  # digits, no download
   python -m experiments.train --workdir=/tmp/celeba \
-      --config=experiments/configs/celeba_vaegan.py --config.batch_size=128
+      --config=celeba_vaegan --config.batch_size=128        # a name in experiments/configs/
+  python -m experiments.train --workdir=/tmp/x --config=folder --config.data.folder=DIR --dry_run
 
 Running the same command again resumes from the latest checkpoint in workdir.
 Multi-host: pass --jax_coordinator/--num_processes/--process_id, or
@@ -31,6 +32,8 @@ flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host run.")
 flags.DEFINE_bool("jax_distributed_auto", False,
                   "Call jax.distributed.initialize() with cluster auto-detection.")
+flags.DEFINE_bool("dry_run", False, "Check everything that can fail before compiling (config, "
+                  "data, workdir), print the resolved config and the dataset, and exit.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -47,6 +50,9 @@ def main(argv):
       jax.distributed.initialize()
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.dry_run:
+      print(train.dry_run(FLAGS.config, FLAGS.workdir))
+      return
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.USER_ERRORS as e:
     # Bad configs/data, faults and non-finite losses: one line, no traceback.

@@ -16,16 +16,17 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+
+from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 
 from vaegan_jax import attribute_classifier
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "attribute_classifier.py")
-config_flags.DEFINE_config_file(
+cli.define_config_file(
     "config", _DEFAULT_CONFIG, "Classifier config file; fields are overridable with "
-    "--config.field=value.", lock_config=True)
+    "--config.field=value.")
 flags.DEFINE_string("workdir", None, "Directory for the classifier checkpoints.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -137,7 +137,7 @@ def test_sigint_saves_and_a_second_sigint_exits_at_once(tmp_path):
              "--config.checkpoint_every=100000", "--config.eval_every=0", devices=1,
              extra=["--config.allow_config_change=True"])
   deadline = time.time() + 300
-  while "Dataset digits" not in (line := p.stderr.readline()):
+  while "Training vaegan" not in (line := p.stderr.readline()):
     assert line and time.time() < deadline
   time.sleep(3.0)
   p.send_signal(signal.SIGINT)

@@ -1,4 +1,4 @@
-"""What every binary shares: flag parsing with one-line errors.
+"""What every binary shares: flag parsing with one-line errors, a quiet console.
 
 ``cli.define_config_file`` and ``app.run(main, flags_parser=cli.parse_flags)`` turn a bad ``--config.*``
 override (a typo'd field, a value of the wrong type, a config file that
@@ -9,9 +9,12 @@ hint, instead of three chained tracebacks from inside absl.
 from __future__ import annotations
 
 import ast
+import logging as py_logging
+import os
 import sys
 
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 
@@ -50,12 +53,62 @@ def _fail(e: BaseException, argv: list[str]) -> None:
   sys.exit(2)
 
 
+flags.DEFINE_bool("verbose", False, "Also show other libraries' INFO lines (Orbax, JAX), "
+                  "which are hidden by default; their warnings and errors always show.")
+
+_OWN = tuple(os.path.dirname(os.path.abspath(m)) + os.sep for m in (
+    __file__, os.path.join(os.path.dirname(__file__), "..", "experiments", "x")))
+# Orbax warns about options that a read-only manager sets on purpose.
+_NOISE = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+
+class _ProjectConsole(py_logging.Filter):
+  """Other libraries' INFO lines (and Orbax's read-only notes) off the console."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    own = os.path.abspath(record.pathname).startswith(_OWN)
+    if own:
+      return True
+    if record.levelno < py_logging.WARNING:
+      return False
+    return not str(record.msg).startswith(_NOISE)
+
+
+def quiet_console(verbose: bool = False) -> None:
+  """The project's lines and other libraries' warnings/errors only (unless verbose)."""
+  handler = logging.get_absl_handler()
+  for f in list(handler.filters):
+    if isinstance(f, _ProjectConsole):
+      handler.removeFilter(f)
+  if not verbose:
+    handler.addFilter(_ProjectConsole())
+
+
 _PARSE_ERRORS = (AttributeError, KeyError, TypeError, ValueError, flags.Error)
+
+
+def _resolve_config_name(argv: list[str], name: str, configs_dir: str) -> None:
+  """``--config=folder`` -> ``--config=<configs_dir>/folder.py`` (in place), from any
+  directory; an existing path is left alone."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      j, value = i, arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      j, value = i + 1, argv[i + 1]
+    else:
+      continue
+    path, sep, rest = value.partition(":")  # ml_collections: "file.py:argument"
+    candidate = os.path.join(configs_dir, path + ("" if path.endswith(".py") else ".py"))
+    if path and not os.path.exists(path) and os.path.exists(candidate):
+      full = candidate + sep + rest
+      argv[j] = f"--{name}={full}" if j == i else full
 
 
 def define_config_file(name: str, default: str, help_string: str) -> None:
   """``config_flags.DEFINE_config_file``, whose ``--config.*`` overrides are
-  parsed already here (at import), with the errors as one line."""
+  parsed already here (at import), with the errors as one line. A bare name
+  (``--config=folder``) means the file of that name beside ``default``."""
+  _resolve_config_name(sys.argv, name, os.path.dirname(os.path.abspath(default)))
   try:
     config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except _PARSE_ERRORS as e:
@@ -68,6 +121,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except _PARSE_ERRORS as e:
     _fail(e, argv)
+  quiet_console(flags.FLAGS.verbose)
   for name in list(flags.FLAGS):
     flag = flags.FLAGS[name]
     if type(flag).__name__ == "_ConfigFlag" and flag.present:

@@ -13,17 +13,22 @@ the images that have it minus the mean latent vector of those that do not.
 Adding such a vector to the latent code of an image (``apply_attribute``) and
 decoding it adds the attribute (e.g. 'Eyeglasses', 'Smiling').
 
-Typical use::
+Typical use (a trained workdir; runs as written)::
 
-  sampler = Sampler.from_state(config, state)
+  sampler = Sampler.from_workdir('/tmp/vaegan')      # newest good checkpoint
   images, z = sample(sampler, jax.random.key(0), 64, temperature=0.8)
-  recon, z = reconstruct(sampler, batch['image'])
+  held = next(iter(dataset_batches(sampler.config.data, 'test', 16, 16)))
+  recon, _ = reconstruct(sampler, held['image'])
   frames, path = interpolate(sampler, z[:8], z[8:16], 10)      # (8, 10, H, W, C)
+
+and, on CelebA, the paper's attribute vectors::
+
   z_ds, attrs = encode_dataset(
-      sampler, dataset_batches(config.data, 'train', 256, 10_000, seed=0),
+      sampler, dataset_batches(sampler.config.data, 'train', 256, 10_000, seed=0),
       10_000)
-  cols = paper_attribute_indices(source.info.attribute_names)
-  av = attribute_vectors(z_ds, attrs[:, cols], names=PAPER_ATTRIBUTES)
+  names = input_pipeline.get_source(sampler.config.data, 'train').info.attribute_names
+  av = attribute_vectors(z_ds, attrs[:, paper_attribute_indices(names)],
+                         names=PAPER_ATTRIBUTES)
   smiling = sampler.decode(apply_attribute(z, av, PAPER_ATTRIBUTES.index('Smiling')))
 
 All randomness is explicit (JAX keys, new-style or raw ``uint32[2]``); the
@@ -130,6 +135,8 @@ class Sampler:
         g: jax.device_put({'params': params[g], 'batch_stats': batch_stats.get(g, {})})
         for g in ('encoder', 'decoder') if g in params}
     self._encode_fn, self._decode_fn = _network_fns(self.arch)
+    self.config = None  # The training config, where known (from_workdir).
+    self.step = None
 
   @classmethod
   def from_state(cls, config: Any, state: Any, *,
@@ -144,7 +151,35 @@ class Sampler:
       params, batch_stats = jax.tree.map(lambda a: a[0], (params, batch_stats))
     return cls(config, params, batch_stats, chunk_size=chunk_size)
 
+  @classmethod
+  def from_workdir(cls, workdir: str, step: Optional[int] = None, *,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> 'Sampler':
+    """The sampler of a training workdir's checkpoint ``step`` (default: the newest good one).
+
+    The config saved with the checkpoint builds the networks; it is kept as
+    ``sampler.config`` (and the step as ``sampler.step``). A corrupt newest
+    checkpoint is skipped with a warning; a missing or corrupt explicit step
+    raises ``checkpoint.CheckpointError`` (one line).
+    """
+    from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    state, config = checkpoint.restore_for_inference(workdir, step)
+    sampler = cls.from_state(config, state, chunk_size=chunk_size)
+    sampler.config, sampler.step = config, int(np.asarray(state.step))
+    return sampler
+
   # --- input checks ---------------------------------------------------------
+
+  @staticmethod
+  def _check_range(x: Any) -> None:
+    """Images must be floats in [-1, 1]: uint8 or [0, 255] inputs encode to garbage."""
+    dtype = np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f'Images must be floats in [-1, 1], got {dtype}; convert uint8 with '
+                       'x / 127.5 - 1 (or use input_pipeline.preprocess).')
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if lo < -1.01 or hi > 1.01:
+      raise ValueError(f'Images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; '
+                       'scale [0, 255] with x / 127.5 - 1 and [0, 1] with 2 * x - 1.')
 
   def _group(self, group: str) -> dict:
     if group not in self.variables:
@@ -193,6 +228,8 @@ class Sampler:
 
   def encode_distribution(self, x: Any, y: Any = None) -> tuple[Array, Array]:
     """q(z|x): x (B, H, W, C) in [-1, 1] [, y] -> (mu, logvar), each (B, Z) float32."""
+    if np.size(x):
+      self._check_range(x)
     x = jnp.asarray(x, jnp.float32)
     a = self.arch
     if x.ndim != 4 or x.shape[1:] != (a.image_size, a.image_size, a.channels):

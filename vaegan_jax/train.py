@@ -337,12 +337,36 @@ def check_config_change(saved, config) -> list[str]:
   return lines
 
 
+def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Every check that training makes before compiling, nothing written; a summary.
+
+  Raises the same one-line errors as ``train_and_evaluate``.
+  """
+  info = validate_config(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another "
+                      "--workdir.")
+  steps = checkpoint.manager(workdir, read_only=True).all_steps() if os.path.isdir(
+      checkpoint.checkpoint_dir(workdir)) else []
+  resume = f"resumes from step {max(steps)}" if steps else "starts from scratch"
+  return (f"{config}\n"
+          f"dry run: {config.kind} on {info.name} split {config.data.train_split!r}: "
+          f"{info.num_examples} examples of {info.image_size}x{info.image_size}x{info.channels}; "
+          f"{config.num_train_steps} steps of batch {config.batch_size} on "
+          f"{jax.device_count()} device(s); {os.path.abspath(workdir)} {resume}. "
+          "Everything checks out; nothing was trained.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
   """Trains ``config.kind`` until ``config.num_train_steps``; returns the host state."""
   info = validate_config(config)
   _check_workdir(workdir)
-  logging.info("Dataset %s: %d examples; %d devices, %d processes.", info.name,
-               info.num_examples, jax.device_count(), jax.process_count())
+  logging.info("Training %s for %d steps of batch %d on %s split %r (%d examples, %dx%dx%d) "
+               "on %d %s device(s), %d process(es); outputs in %s.", config.kind,
+               config.num_train_steps, config.batch_size, info.name, config.data.train_split,
+               info.num_examples, info.image_size, info.image_size, info.channels,
+               jax.device_count(), jax.devices()[0].platform.upper(), jax.process_count(),
+               os.path.abspath(workdir))
   is_chief = jax.process_index() == 0
   lock = workdir_lock.WorkdirLock(workdir)
   if is_chief:
@@ -402,6 +426,10 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
     while s < total and not stop.agreed(rstate):
       rstate, metrics = step_fn(rstate, next(batches))
       s += 1
+      if s == start + 1:  # Rates and ETAs count from here: compiling is not training.
+        jax.block_until_ready(metrics)
+        logging.info("Compiled and ran step %d in %.1f s.", s, time.time() - t_log)
+        t_log, step_log = time.time(), s
       in_flight.add(metrics)
       window.append(metrics)
       if pending is not None:  # step s's loss came from the pending state
@@ -414,10 +442,13 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
         means = {k: float(np.mean([np.asarray(m[k]).mean() for m in window]))
                  for k in window[0]}
         dt = time.time() - t_log
-        ips = (s - step_log) * config.batch_size / max(dt, 1e-9)
-        eta = (total - s) * dt / max(s - step_log, 1)
-        writer.write_scalars(s, {**means, "images_per_sec": ips},
-                             f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min")
+        if s > step_log:
+          ips = (s - step_log) * config.batch_size / max(dt, 1e-9)
+          eta = (total - s) * dt / (s - step_log)
+          writer.write_scalars(s, {**means, "images_per_sec": ips},
+                               f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min")
+        else:  # Only the compiling step so far: no rate to show.
+          writer.write_scalars(s, means)
         window, t_log, step_log = [], time.time(), s
       if is_chief and (s % config.sample_every == 0 or s == total):
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)

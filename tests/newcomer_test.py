@@ -1,0 +1,84 @@
+"""A newcomer's first hour (issue 12): a quiet console, config names, --dry_run,
+one-line flag errors, and a workdir opened in one call."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vaegan_jax import sampling
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 4-step tiny run started by config *name* from outside the repository."""
+  wd = str(tmp_path_factory.mktemp("run") / "wd")
+  r = _train([f"--workdir={wd}", "--config=tiny", "--config.model.conv_impl=xla",
+              "--config.num_train_steps=4", "--config.log_every=2",
+              "--config.checkpoint_every=2"], cwd=str(tmp_path_factory.mktemp("elsewhere")))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return wd, r.stderr
+
+
+def test_console_shows_the_projects_lines_only(run):
+  _, err = run
+  lines = err.strip().splitlines()
+  assert not [l for l in lines if "orbax" in l or "checkpoint_manager" in l or "libtpu" in l]
+  assert "Training vaegan for 4 steps of batch 16 on digits" in lines[0]
+  assert "Compiled and ran step 1 in" in err
+  assert len(lines) <= 6, lines  # intro, compiled, 2 progress lines (+ resume/warnings)
+  # --verbose brings the libraries' INFO lines back.
+  wd2 = run[0] + "_verbose"
+  r = _train([f"--workdir={wd2}", "--config=tiny", "--config.model.conv_impl=xla",
+              "--config.num_train_steps=2", "--config.log_every=2", "--verbose"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "checkpoint_manager" in r.stderr
+
+
+def test_dry_run_checks_and_writes_nothing(tmp_path):
+  wd = str(tmp_path / "wd")
+  r = _train([f"--workdir={wd}", "--config=tiny", "--dry_run"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "dry run: vaegan on digits split 'train': 1433 examples" in r.stdout
+  assert "num_train_steps: 20" in r.stdout  # the resolved config
+  assert not os.path.exists(wd)
+  r = _train([f"--workdir={wd}", "--config=tiny", "--dry_run", "--config.batch_size=4096"])
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "Traceback" not in r.stderr
+
+
+def test_flag_errors_are_one_line(tmp_path):
+  for flag, want in (("--config.lerning_rate=1", 'Did you mean "learning_rate"'),
+                     ("--config.learning_rate=abc", "could not convert"),
+                     ("--config=no_such_config", "no_such_config")):
+    r = _train([f"--workdir={tmp_path}", flag])
+    assert r.returncode == 2, (flag, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-2000:]
+    assert r.stderr.startswith("error: ") and want in r.stderr, r.stderr
+
+
+def test_sampler_from_workdir_and_its_input_checks(run):
+  wd, _ = run
+  sampler = sampling.Sampler.from_workdir(wd)
+  assert sampler.step == 4 and sampler.config.kind == "vaegan"
+  images, z = sampling.sample(sampler, jax.random.PRNGKey(0), 4)
+  assert images.shape == (4, 16, 16, 1) and np.isfinite(np.asarray(images)).all()
+  held = next(iter(sampling.dataset_batches(sampler.config.data, "test", 4, 4)))
+  recon, _ = sampling.reconstruct(sampler, held["image"])
+  assert recon.shape == held["image"].shape
+  assert sampling.Sampler.from_workdir(wd, step=2).step == 2
+  uint8 = ((held["image"] + 1) * 127.5).astype(np.uint8)
+  with pytest.raises(ValueError, match="floats in \\[-1, 1\\], got uint8"):
+    sampler.encode(uint8)
+  with pytest.raises(ValueError, match="got values in \\[0, 255\\]"):
+    sampling.reconstruct(sampler, uint8.astype(np.float32))
