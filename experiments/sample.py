@@ -11,6 +11,9 @@ skipped with a warning), and writes to ``outdir``:
 
   samples.png          ``num`` decodes of z ~ N(0, T^2 I) (fixed ``--seed``),
                        ceil(sqrt(num)) columns; ``samples_z.npy`` (num, Z).
+                       With ``--save_images`` also ``samples.npy`` (num, H, W, C)
+                       float32 in [-1, 1] and ``samples/00000.png``... (and the
+                       same for reconstructions), for other tools.
   reconstructions.png  held-out inputs (the config's eval split, its first
                        images) in rows, each row followed by a row of their
                        reconstructions; ``reconstructions_z.npy`` (n, Z).
@@ -91,6 +94,9 @@ def _define_flags():
   flags.DEFINE_string("attribute_vectors", None,
                       "Reuse vectors from this .npz (as written by --attributes).")
   flags.DEFINE_integer("attribute_columns", 8, "Held-out images (columns) in attributes.png.")
+  flags.DEFINE_bool("save_images", False, "Also write every sample and reconstruction alone: "
+                    "samples/NNNNN.png and samples.npy (N, H, W, C) float32 in [-1, 1], the "
+                    "same for reconstructions, for other tools (FID scripts, viewers).")
   flags.DEFINE_string("manual_dir", None, "Override data.manual_dir of the saved config "
                       "(e.g. CelebA moved since training).")
   flags.mark_flags_as_required(["workdir", "outdir"])
@@ -155,12 +161,21 @@ def restore_checked(workdir: str, step: int, config) -> tuple[Any, Any]:
   return checkpoint.restore_for_inference(workdir, step, config)
 
 
+def _individual(outputs: dict, name: str, images) -> None:
+  """``name.npy`` (N, H, W, C) float32 in [-1, 1] and ``name/NNNNN.png``, for other tools."""
+  images = np.asarray(images, np.float32)
+  outputs[f"{name}.npy"] = images
+  for i, im in enumerate(image_grid.to_uint8(images)):
+    outputs[f"{name}/{i:05d}.png"] = im
+
+
 def run(workdir: str, outdir: str, *, step: Optional[int] = None, num: int = 64,
         seed: int = 0, temperature: float = 1.0, use_mean: bool = False,
         interpolation: str = "slerp", num_interpolations: int = 8,
         interpolation_steps: int = 10, attributes: bool = False,
         num_attribute_images: int = 10_000, attribute_vectors: Optional[str] = None,
-        attribute_columns: int = 8, manual_dir: Optional[str] = None) -> dict[str, str]:
+        attribute_columns: int = 8, manual_dir: Optional[str] = None,
+        save_images: bool = False) -> dict[str, str]:
   """Writes the grids and codes described in the module docstring.
 
   Returns:
@@ -262,6 +277,8 @@ def run(workdir: str, outdir: str, *, step: Optional[int] = None, num: int = 64,
   images, z = sampling.sample(sampler, k_sample, num, temperature=temperature, y=y_for(num))
   outputs["samples.png"] = image_grid.make_grid(images, ncols=_grid_cols(num))
   outputs["samples_z.npy"] = np.asarray(z)
+  if save_images:
+    _individual(outputs, "samples", images)
   if conditional:
     outputs["samples_y.npy"] = y_for(num)
 
@@ -274,6 +291,8 @@ def run(workdir: str, outdir: str, *, step: Optional[int] = None, num: int = 64,
     outputs["reconstructions.png"] = image_grid.make_grid(
         _interleave_rows(x, np.asarray(recon), ncols), ncols=ncols)
     outputs["reconstructions_z.npy"] = np.asarray(z)
+    if save_images:
+      _individual(outputs, "reconstructions", recon)
   else:
     logging.info("Model kind %r has no encoder: skipping reconstructions, and "
                  "interpolating between prior samples instead of held-out images.",
@@ -338,7 +357,10 @@ def run(workdir: str, outdir: str, *, step: Optional[int] = None, num: int = 64,
     else:
       np.save(path_out, value)
     written[name] = path_out
-  logging.info("Wrote %s to %s (checkpoint step %d).", ", ".join(written), outdir, step)
+  grids = [n for n in written if "/" not in n]
+  logging.info("Wrote %s%s to %s (checkpoint step %d).", ", ".join(grids),
+               f" and {len(written) - len(grids)} single images" if len(grids) < len(written)
+               else "", outdir, step)
   return written
 
 
@@ -352,7 +374,8 @@ def main(argv):
         interpolation_steps=FLAGS.interpolation_steps, attributes=FLAGS.attributes,
         num_attribute_images=FLAGS.num_attribute_images,
         attribute_vectors=FLAGS.attribute_vectors,
-        attribute_columns=FLAGS.attribute_columns, manual_dir=FLAGS.manual_dir)
+        attribute_columns=FLAGS.attribute_columns, manual_dir=FLAGS.manual_dir,
+        save_images=FLAGS.save_images)
   except (SampleError, checkpoint.CheckpointError, input_pipeline.DataError) as e:
     # User errors: one clear line, no traceback, no output files.
     print(f"error: {e}", file=sys.stderr)

@@ -9,8 +9,8 @@ signal lands mid-step, the common case), sends SIGTERM and times the exit.
 It checks that the process exited 0 and that the checkpoint it reports is on
 disk. Rows:
   * ``digits``: the default config (32x32x1, narrow networks), 1 process;
-  * ``paper64``: the paper's 64x64x3 CelebA model (``celeba_vaegan.py``) on a
-    folder of random 64x64 images made here, 1 process;
+  * ``paper64``: the paper's 64x64x3 CelebA model (``celeba_vaegan.py`` with
+    ``data.name=folder``) on a folder of random 64x64 images made here, 1 process;
   * ``two_process``: the tiny config on two ``jax.distributed`` processes
     (gloo on 127.0.0.1), SIGTERM to process 1 only.
 A scheduler's grace period is typically 30 s; the table says which rows fit.
@@ -76,7 +76,7 @@ def _commands(row: str, workdir: str, tmp: str) -> tuple[list[list[str]], list[d
     folder = os.path.join(tmp, "images")
     os.makedirs(folder, exist_ok=True)
     _random_folder(folder)
-    return [cmd + ["--config=experiments/configs/folder.py",
+    return [cmd + ["--config=experiments/configs/celeba_vaegan.py", "--config.data.name=folder",
                    f"--config.data.folder={folder}"] + overrides], [env]
   if row == "two_process":
     port = _free_port()

@@ -211,3 +211,20 @@ def test_gan_kind_skips_reconstructions(workdir, tmp_path, caplog):
   assert np.abs(path[:, 0] - path[:, -1]).min() > 0
   with pytest.raises(sample.SampleError, match="needs an encoder"):
     sample.run(wd, str(tmp_path / "out2"), attributes=True)
+
+
+def test_save_images_writes_each_image_and_an_array(workdir, tmp_path):
+  out = str(tmp_path / "out")
+  written = sample.run(workdir, out, num=5, seed=SEED, save_images=True)
+  arr = np.load(os.path.join(out, "samples.npy"))
+  grid_z = np.load(os.path.join(out, "samples_z.npy"))
+  assert arr.shape[0] == grid_z.shape[0] == 5 and arr.dtype == np.float32
+  assert arr.min() >= -1 and arr.max() <= 1
+  pngs = sorted(f for f in os.listdir(os.path.join(out, "samples")))
+  assert pngs == [f"{i:05d}.png" for i in range(5)]
+  for i in (0, 4):
+    png = np.asarray(Image.open(os.path.join(out, "samples", pngs[i])))
+    np.testing.assert_array_equal(png.reshape(arr.shape[1:]), image_grid.to_uint8(arr[i]))
+  rec = np.load(os.path.join(out, "reconstructions.npy"))
+  assert rec.shape[1:] == arr.shape[1:] and len(os.listdir(os.path.join(out, "reconstructions"))) == len(rec)
+  assert "samples/00004.png" in written

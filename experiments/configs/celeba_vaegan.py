@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
       init="default", conv_impl="auto", dtype="float32"))
   c.data.update(dict(name="celeb_a", image_size=64, channels=3, hflip=True,
                      train_split="train", eval_split="test"))
+  default.link_image_shape(c)
   c.batch_size = 64
   c.num_train_steps = 62_500  # the authors' 250 epochs of 250 batches
   c.log_every = 100

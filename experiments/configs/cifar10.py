@@ -19,6 +19,7 @@ def get_config():
   c.learning_rate = 3e-4  # paper
   c.data.update(dict(name="cifar10", image_size=32, channels=3, hflip=True,
                      train_split="train", eval_split="test"))
+  default.link_image_shape(c)
   c.num_train_steps = 50_000
   c.eval_every = 5_000
   c.eval_num = 5_000

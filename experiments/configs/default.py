@@ -87,4 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_num = 1000
   c.eval_features = "auto"
   c.eval_inception_weights = config_dict.placeholder(str)
+  link_image_shape(c)
   return c
+
+
+def link_image_shape(c: ml_collections.ConfigDict) -> None:
+  """One value drives both ``data.image_size/channels`` and ``model.image_size/channels``:
+  the model's fields become references to the data's, so ``--config.data.image_size=64``
+  (or ``model.``) sets both. Call again after replacing ``c.model``."""
+  c.model.image_size = c.data.get_ref("image_size")
+  c.model.channels = c.data.get_ref("channels")
