@@ -436,7 +436,10 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
         _check_finite(rstate)
         checkpoint.save(mngr, pending, config)
         pending = None
-      if s % config.log_every == 0 or s == total:
+      # Also an early line 10 steps after compiling, when log_every is long (the
+      # 64x64 configs on CPU would otherwise be silent for many minutes).
+      early = config.log_every > 10 and s == start + 11
+      if s % config.log_every == 0 or s == total or early:
         _check_finite(rstate)
         checkpoint.check_saves(mngr)
         means = {k: float(np.mean([np.asarray(m[k]).mean() for m in window]))
