@@ -102,3 +102,45 @@ def test_early_progress_line_and_rates_exclude_compiling(tmp_path):
   # Including compilation the whole run averages 12 * 16 / wall images/s;
   # the first line's rate must be far above that.
   assert lines[0]["images_per_sec"] > 3 * 12 * 16 / wall, (lines[0], wall)
+
+
+def _code_block(text, start):
+  """The indented block after the line containing ``start`` (docstring example)."""
+  lines = text[text.index(start):].splitlines()[1:]
+  block = []
+  for line in lines:
+    if line.strip() and not line.startswith("  "):
+      break
+    block.append(line[2:])
+  return "\n".join(block).strip("\n")
+
+
+def test_sampling_docstring_and_readme_recipes_run_as_written(run):
+  """The notebook recipes must run: the sampling module's first example and the
+  README's Python block, on a real workdir in place of /tmp/vaegan."""
+  wd, _ = run
+  doc = _code_block(sampling.__doc__, "Typical use")
+  ns = {"jax": jax, **{k: getattr(sampling, k) for k in dir(sampling) if not k.startswith("_")}}
+  exec(doc.replace("'/tmp/vaegan'", repr(wd)), ns)  # pylint: disable=exec-used
+  assert ns["frames"].shape[:2] == (8, 10) and ns["recon"].shape == ns["held"]["image"].shape
+  readme = open(os.path.join(REPO, "README.md")).read()
+  block = readme[readme.index("```python\n") + len("```python\n"):]
+  block = block[:block.index("```")]
+  ns = {}
+  exec(block.replace('"/tmp/vaegan"', repr(wd)), ns)  # pylint: disable=exec-used
+  assert ns["images"].shape == (16, 16, 16, 1)  # the tiny run's 16x16 images
+  assert ns["frames"].shape[:2] == (4, 8)
+
+
+def test_folder_config_one_size_field_drives_data_and_model(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for i in range(60):
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+  r = _train([f"--workdir={tmp_path / 'wd'}", "--config=folder", f"--config.data.folder={folder}",
+              "--config.data.image_size=32", "--config.batch_size=32", "--dry_run"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "57 examples of 32x32x3; 5000 steps of batch 32" in r.stdout, r.stdout[-500:]
+  assert r.stdout.count("image_size: 32") == 2  # data.* and model.*, one value
