@@ -81,3 +81,32 @@ def test_compare_command_end_to_end_on_a_tiny_budget(tmp_path):
   for name, run in walls["runs"].items():
     assert run["final"]["wall_s"] == pytest.approx(results["runs"][name]["final"]["wall_s"],
                                                    abs=5.0)
+
+
+def _synthetic(vae_sharp, seeds=3):
+  runs = {}
+  vals = {"vae": (15.0, vae_sharp), "vae_dis_l": (10.0, 1.0), "vaegan": (8.0, 0.95),
+          "gan": (11.0, 0.9)}
+  for kind, (fid, sharp) in vals.items():
+    for s in range(seeds):
+      final = {k: 0.5 for k, _, _, _ in compare.COLUMNS}
+      final.update(fid=fid + 0.1 * s, recon_sharpness=sharp, sample_sharpness=sharp,
+                   recon_mse=0.01 if kind == "vae" else 0.02)
+      runs[f"{kind}_s{s}"] = {"kind": kind, "seed": s, "final": final, "curve": [final]}
+  return {"dataset": "synthetic", "features": "f", "steps": 1, "seeds": seeds, "num": 2,
+          "batch_size": 2, "total_wall_s": 60.0, "runs": runs, "cond_runs": {}}
+
+
+def test_claims_follow_the_numbers_and_say_when_sharpness_cannot_test_them():
+  blurry = compare.claims(_synthetic(vae_sharp=0.6))
+  assert blurry[0].startswith("Learned similarity") and "**holds**" in blurry[0]
+  assert all("**does not hold**" not in c for c in blurry)
+  sharp = compare.claims(_synthetic(vae_sharp=1.6))  # VAE not blurrier than real data
+  assert "**not testable on this data**" in sharp[0]
+  worse = _synthetic(vae_sharp=0.6)
+  for r in worse["runs"].values():
+    if r["kind"] == "vaegan":
+      r["final"]["fid"] = 20.0
+  text = compare.report_markdown(worse)
+  assert "Adding the GAN term improves the samples over VAE_Dis_l: **does not hold**" in text
+  assert "| VAE-GAN | 20.00 ± 0.00 |" in text
