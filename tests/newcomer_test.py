@@ -144,3 +144,14 @@ def test_folder_config_one_size_field_drives_data_and_model(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert "57 examples of 32x32x3; 5000 steps of batch 32" in r.stdout, r.stdout[-500:]
   assert r.stdout.count("image_size: 32") == 2  # data.* and model.*, one value
+
+
+def test_every_conv_microbench_flag_has_help():
+  r = subprocess.run([sys.executable, "-m", "experiments.conv_microbench", "--help"], cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-1000:]
+  opts = [l.split()[0] for l in r.stdout.splitlines() if l.startswith("  --")]
+  assert opts == ["--batch", "--runs", "--dtype", "--impls", "--pieces", "--model"], opts
+  for line in r.stdout.splitlines():
+    if line.startswith("  --") and line.split()[0] != "--model":
+      assert len(line.split()) > 2, line  # the help text follows the metavar
