@@ -621,6 +621,12 @@ def read_config(workdir: str, step: Optional[int] = None, *,
     if verify:
       _read_state(mngr, s)
     return config, s
+  return _load_step_or_newest(workdir, step, load)
+
+
+def _load_step_or_newest(workdir: str, step: Optional[int],
+                         load: Callable[[ocp.CheckpointManager, int], _T]) -> _T:
+  """``load`` of checkpoint ``step``, or of the newest usable one (readers move nothing)."""
   if step is None:
     found = _newest_good(workdir, load, quarantine=False)
     if found is None:
@@ -650,16 +656,7 @@ def restore_for_inference(workdir: str, step: Optional[int] = None,
     cfg = saved if config is None else config
     template = jax.eval_shape(lambda: ts.create_train_state(cfg, jax.random.PRNGKey(0)))
     return restore_state(mngr, template, s), cfg
-  if step is None:
-    found = _newest_good(workdir, load, quarantine=False)
-    if found is None:
-      raise _no_checkpoint(workdir)
-    return found
-  mngr = _reader(workdir, step)
-  try:
-    return load(mngr, step)
-  finally:
-    mngr.close()
+  return _load_step_or_newest(workdir, step, load)
 
 
 def lists_to_tuples(x: Any) -> Any:
