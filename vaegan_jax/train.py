@@ -289,10 +289,14 @@ def _finite_host_state(rstate) -> ts.TrainState:
   return state
 
 
-def _check_workdir(workdir: str) -> None:
+def _check_not_a_file(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another "
                       "--workdir.")
+
+
+def _check_workdir(workdir: str) -> None:
+  _check_not_a_file(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{os.getpid()}")
@@ -343,9 +347,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
   Raises the same one-line errors as ``train_and_evaluate``.
   """
   info = validate_config(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another "
-                      "--workdir.")
+  _check_not_a_file(workdir)  # Nothing created: a dry run writes nothing.
   steps = checkpoint.manager(workdir, read_only=True).all_steps() if os.path.isdir(
       checkpoint.checkpoint_dir(workdir)) else []
   resume = f"resumes from step {max(steps)}" if steps else "starts from scratch"
