@@ -10,7 +10,7 @@ convs (``conv_impl='xla'``), also on GPU (whose cost analysis skips cuDNN
 convs), so a fast form's own overhead never counts as
 work; the fraction is taken against a jitted square matmul timed in the same
 run. On Linux it re-executes itself once with glibc's transparent-huge-page
-tunable, as training does (``vaegan_jax/host_memory.py``; ``VAEGAN_HUGEPAGES=0``
+tunable, as training does (``vaegan_jax/cpu/host_memory.py``; ``VAEGAN_HUGEPAGES=0``
 turns that off). It also times the
 routed single-backward step against the naive step (three
 ``jax.value_and_grad`` calls, one per network), and the input pipeline alone.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import tempfile
 import time
 from typing import Callable
 
@@ -35,12 +37,13 @@ from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
-from vaegan_jax import host_memory
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
+from vaegan_jax.cpu import host_memory
 from vaegan_jax import layers
 from vaegan_jax import parallel
 from vaegan_jax import reference
 from vaegan_jax import train_step as ts
+from vaegan_jax.data import testing as data_testing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["paper64_vaegan", "paper64_vae", "paper64_gan",
@@ -52,7 +55,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtyp
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "fast"], "Conv implementation.")
 flags.DEFINE_bool("naive", True, "Also time the naive three-gradient step (routed rows only).")
 flags.DEFINE_integer("naive_steps", 5, "Timed gradient computations for routed vs naive.")
-flags.DEFINE_bool("input_pipeline", True, "Also time the digits input pipeline alone.")
+flags.DEFINE_bool("input_pipeline", True, "Also time the input pipeline alone: digits, and "
+                  "CelebA-format files with threads and with worker processes.")
+flags.DEFINE_integer("celeba_batches", 16, "Timed batches of the CelebA-format input rows.")
 flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
 
 
@@ -197,30 +202,47 @@ def bench_naive(config, state) -> dict:
   return out
 
 
-def bench_input_pipeline(batch_size: int, batches: int = 50) -> dict:
-  c = default.get_config()
-  it = input_pipeline.batch_iterator(c.data, "train", batch_size, seed=0)
-  next(it)
+def _images_per_s(it, batch_size: int, batches: int) -> float:
+  next(it)  # Workers started, first batch read.
   t = time.perf_counter()
   for _ in range(batches):
     next(it)
-  dt = time.perf_counter() - t
-  return dict(row="input_pipeline_digits", images_per_s=batches * batch_size / dt)
+  rate = batches * batch_size / (time.perf_counter() - t)
+  it.close()
+  return rate
+
+
+def bench_input_pipeline(batch_size: int, batches: int = 50) -> list[dict]:
+  """Images/s of the input pipeline alone: digits, and CelebA-format files
+  (fake 178x218 JPEGs in the official zip, 64x64 crops with flips) read by
+  grain's threads and by worker processes."""
+  workers = max(1, min(8, os.cpu_count() or 1))
+  c = default.get_config()
+  rows = [dict(row="input_pipeline_digits", workers=f"{workers} threads", images_per_s=_images_per_s(
+      data.batch_iterator(c.data, "train", batch_size, seed=0), batch_size, batches))]
+  with tempfile.TemporaryDirectory() as tmp:
+    cc = celeba_vaegan.get_config().data
+    cc.manual_dir = data_testing.write_fake_celeba(os.path.join(tmp, "manual"), 8 * batch_size)
+    for kind, kw in (("threads", {}), ("processes", dict(worker_processes=workers))):
+      it = data.batch_iterator(cc, "train", batch_size, seed=0, **kw)
+      rows.append(dict(row=f"input_pipeline_celeba64_{kind}", workers=f"{workers} {kind}",
+                       images_per_s=_images_per_s(it, batch_size, FLAGS.celeba_batches)))
+  return rows
 
 
 def _fmt(rows: list[dict], peak: float) -> str:
-  head = (f"{'row':<20} {'img/s':>8} {'step s (p10-p90)':>20} {'compile s':>9} "
+  head = (f"{'row':<34} {'img/s':>8} {'step s (p10-p90)':>20} {'compile s':>9} "
           f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'naive/routed':>12}")
   lines = [f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
            f"matmul peak {peak / 1e9:.0f} GFLOP/s ({FLAGS.dtype}), "
            f"glibc huge pages {'on' if host_memory.active() else 'off'}", head, "-" * len(head)]
   for r in rows:
     if "step_s_median" not in r:
-      lines.append(f"{r['row']:<20} {r['images_per_s']:>8.0f}")
+      lines.append(f"{r['row']:<34} {r['images_per_s']:>8.0f}   ({r['workers']})")
       continue
     ratio = r.get("naive_over_routed")
     lines.append(
-        f"{r['row']:<20} {r['images_per_s']:>8.1f} "
+        f"{r['row']:<34} {r['images_per_s']:>8.1f} "
         f"{r['step_s_median']:>7.3f} ({r['step_s_p10']:.3f}-{r['step_s_p90']:.3f}) "
         f"{r['compile_s']:>9.1f} {r['flops_per_step'] / 1e9:>10.1f} "
         f"{r['flops_per_s'] / 1e9:>8.1f} {100 * r['fraction_of_matmul_peak']:>6.1f}% "
@@ -236,7 +258,7 @@ def main(argv):
     rows.append(bench_row(name, peak))
     print(_fmt(rows[-1:], peak).splitlines()[-1], flush=True)
   if FLAGS.input_pipeline:
-    rows.append(bench_input_pipeline(FLAGS.batch_size))
+    rows.extend(bench_input_pipeline(FLAGS.batch_size))
   print(_fmt(rows, peak))
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:

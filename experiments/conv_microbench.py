@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegan_jax import fast_conv
+from vaegan_jax.cpu import fast_conv
 from vaegan_jax import layers
 
 # (name, kind, H, C_in, C_out): kind 's1'/'s2' conv stride 1/2, 't' transposed.

@@ -18,7 +18,7 @@ from absl import flags
 from absl import logging
 
 from vaegan_jax import cli
-from vaegan_jax import host_memory
+from vaegan_jax.cpu import host_memory
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",

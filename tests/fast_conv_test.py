@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegan_jax import fast_conv
+from vaegan_jax.cpu import fast_conv
 from vaegan_jax import layers
 
 FORMS = fast_conv.FORMS

@@ -19,7 +19,7 @@ from absl import logging
 
 from experiments.configs import tiny
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 from vaegan_jax import train
 from vaegan_jax import workdir_lock
 
@@ -41,7 +41,7 @@ def _steps(wd):
 
 def _inject(monkeypatch, at_step, action):
   """Runs ``action()`` when the training loop asks for batch ``at_step`` (0-based)."""
-  real = input_pipeline.batch_iterator
+  real = data.batch_iterator
 
   def wrapped(*args, start_step=0, **kw):
     it = real(*args, start_step=start_step, **kw)
@@ -55,7 +55,7 @@ def _inject(monkeypatch, at_step, action):
         yield b
     return gen()
 
-  monkeypatch.setattr(input_pipeline, "batch_iterator", wrapped)
+  monkeypatch.setattr(data, "batch_iterator", wrapped)
 
 
 def test_update_that_blows_up_on_a_checkpoint_step_is_not_saved(tmp_path):
@@ -97,9 +97,9 @@ def test_error_exit_finishes_the_in_flight_save(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint, "finish", finish)
 
   def fail():
-    raise input_pipeline.DataError("injected: a corrupt image file")
+    raise data.DataError("injected: a corrupt image file")
   _inject(monkeypatch, 10, fail)
-  with pytest.raises(input_pipeline.DataError, match="injected"):
+  with pytest.raises(data.DataError, match="injected"):
     train.train_and_evaluate(_config(num_train_steps=20, checkpoint_every=2), wd)
   assert finished, "the error path did not finish the checkpoint manager"
   # Checkpoint 8 is saved once step 9's loss is seen: before batch 10 is asked for.

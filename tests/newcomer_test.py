@@ -15,8 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train(args, cwd=REPO):
+  # The binaries are not installed (a top-level `experiments` package would shadow
+  # users' own): outside the checkout they are reached through PYTHONPATH.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
   return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,25 @@ def test_batch_not_divisible_by_devices_is_clear_error():
   with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the 8 devices; use e\.g\. --config\.batch_size=8"):
     parallel.check_batch_size(12)
   assert parallel.check_batch_size(64) == 8
+
+
+def test_the_training_loop_traces_its_step_once(monkeypatch, tmp_path):
+  """The trainer's pmapped step is traced (and compiled) once for a whole run,
+  across logging, checkpointing and resuming: no step-dependent Python value
+  leaks into its trace."""
+  import chex  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(ts, "train_step", chex.assert_max_traces(ts.train_step, n=1))
+  c = tiny.get_config()
+  c.model.conv_impl = "xla"
+  c.num_train_steps, c.log_every, c.checkpoint_every, c.sample_every = 5, 2, 2, 100
+  c.eval_every = 0
+  train.train_and_evaluate(c, str(tmp_path / "wd"))
+  # A second trace of the same function would raise; prove the counter is live.
+  chex.clear_trace_counter()
+  step = ts.make_pmapped_step(c)
+  state = parallel.replicate(ts.create_train_state(c, jax.random.PRNGKey(0)))
+  x = np.zeros((8, 16, 16, 1), np.float32)
+  state, _ = step(state, parallel.shard({"image": x}))
+  with pytest.raises(AssertionError, match="traced"):
+    ts.make_pmapped_step(c)(state, parallel.shard({"image": x[:, :8, :8]}))

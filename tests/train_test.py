@@ -16,7 +16,7 @@ from PIL import Image
 
 from experiments.configs import tiny
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 from vaegan_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,7 +184,7 @@ def test_validation_over_random_configs_names_the_bad_field():
     field, value = rng.choice(bad)
     holder, key = (c.model, field.split(".")[1]) if field.startswith("model.") else (c, field)
     holder[key] = value
-    with pytest.raises((train.ConfigError, input_pipeline.DataError)) as e:
+    with pytest.raises((train.ConfigError, data.DataError)) as e:
       train.validate_config(c)
     msg = str(e.value)
     assert "\n" not in msg and key in msg, (field, value, msg)

@@ -74,14 +74,14 @@ def conv2d_transpose_xla(x: Array, kernel: Array) -> Array:
 
 def conv2d(x: Array, kernel: Array, stride: int, impl: str = "auto") -> Array:
   if resolve_impl(impl) == "fast":
-    from vaegan_jax import fast_conv  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.cpu import fast_conv  # pylint: disable=g-import-not-at-top
     return fast_conv.conv2d(x, kernel, stride)
   return conv2d_xla(x, kernel, stride)
 
 
 def conv2d_transpose(x: Array, kernel: Array, impl: str = "auto") -> Array:
   if resolve_impl(impl) == "fast":
-    from vaegan_jax import fast_conv  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.cpu import fast_conv  # pylint: disable=g-import-not-at-top
     return fast_conv.conv2d_transpose(x, kernel)
   return conv2d_transpose_xla(x, kernel)
 

@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
       eval_split="test", num_examples=0,
       # Class labels as the attribute vector y (one-hot) of conditional models:
       # with model.num_attributes=10 on digits, mnist or cifar10.
-      label_attributes=False))
+      label_attributes=False,
+      # Input workers: 0 reads in grain's threads; N > 0 decodes in N spawned
+      # processes (for JPEG folders or CelebA on a fast accelerator). Same batches.
+      worker_processes=0))
   # Typed placeholders (None by default) so --config.data.manual_dir=DIR works.
   c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir (mnist, cifar10)
   c.data.manual_dir = config_dict.placeholder(str)  # CelebA's manual files

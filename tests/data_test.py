@@ -1,4 +1,4 @@
-"""Tests for vaegan_jax.input_pipeline (no downloads, no TensorFlow).
+"""Tests for vaegan_jax.data: the readers and the grain pipeline (no downloads, no TensorFlow).
 
 CelebA and folder data are fake files written in the official on-disk formats
 into tmp_path; mnist/cifar10 use ``tfds.testing.mock_data`` (which works with
@@ -13,8 +13,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+import grain
 
-from vaegan_jax import input_pipeline as ip
+from vaegan_jax import data as ip
+from vaegan_jax.data import testing as data_testing
 
 
 def _config(**overrides):
@@ -84,17 +86,26 @@ def test_determinism_from_seed_and_step():
   _assert_batches_equal(a, b)
   c = next(ip.batch_iterator(cfg, "train", 32, seed=4))
   assert not np.array_equal(a[0]["label"], c["label"])
-  # The batch contents are exactly the documented indices and flips.
+  # The batch contents are exactly the planned indices and flips.
   source = ip.get_source(cfg, "train")
+  plan = ip.batch_plan(1433, 32, 3, hflip=True)
+  flips = []
   for step in range(4):
     idx = ip.global_batch_indices(1433, 32, 3, step)
-    want = ip.preprocess(source.get(idx), cfg,
-                         flip=ip.global_flip_mask(3, step, 32))
+    np.testing.assert_array_equal(idx, plan[step]["index"])
+    flips.append(plan[step]["flip"])
+    want = ip.preprocess(source.get(idx), cfg, flip=plan[step]["flip"])
     _assert_batches_equal([a[step]], [want])
+  assert 0.35 < np.mean(flips) < 0.65  # about half the images are mirrored
+  assert not np.array_equal(flips[0], flips[1])
   # Epoch 0 is default_rng([seed, 0]).permutation(N).
-  np.testing.assert_array_equal(
-      ip.global_batch_indices(1797, 32, 3, 0),
-      np.random.default_rng([3, 0]).permutation(1797)[:32])
+  np.testing.assert_array_equal(ip.global_batch_indices(1797, 32, 3, 0),
+                                _grain_epoch(1797, 3, 0)[:32])
+
+
+def _grain_epoch(n, seed, epoch):
+  """Epoch ``epoch`` of the documented order: default_rng([seed, epoch]).permutation(n)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def test_resume_equals_skipping():
@@ -129,17 +140,18 @@ def test_epoch_boundary_straddle_and_drop_remainder():
   stream = np.concatenate([
       ip.global_batch_indices(n, b, 0, s, drop_remainder=False)
       for s in range(5)])
-  np.testing.assert_array_equal(
-      stream[:10], np.random.default_rng([0, 0]).permutation(n))
-  np.testing.assert_array_equal(
-      stream[10:], np.random.default_rng([0, 1]).permutation(n))
+  epochs = [_grain_epoch(n, 0, e) for e in range(3)]
+  for perm in epochs:  # every epoch is a permutation, reshuffled each epoch
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1])
+  np.testing.assert_array_equal(stream[:10], epochs[0])
+  np.testing.assert_array_equal(stream[10:], epochs[1])
   # B > N spans several epochs.
   big = ip.global_batch_indices(n, 25, 0, 1, drop_remainder=False)
-  np.testing.assert_array_equal(
-      big[:5], np.random.default_rng([0, 2]).permutation(n)[5:])
+  np.testing.assert_array_equal(big[:5], epochs[2][5:])
   # Drop mode: 2 batches per epoch, the last 2 examples of each epoch dropped.
   for epoch in range(3):
-    perm = np.random.default_rng([0, epoch]).permutation(n)
+    perm = epochs[epoch]
     got = np.concatenate([ip.global_batch_indices(n, b, 0, 2 * epoch + s)
                           for s in range(2)])
     np.testing.assert_array_equal(got, perm[:8])
@@ -239,38 +251,7 @@ def _celeba_images():
   return images
 
 
-def _jpeg(image):
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="JPEG", quality=100, subsampling=0)
-  return buf.getvalue()
-
-
-def _write_celeba(manual_dir, images, partitions, attrs, zipped=True):
-  os.makedirs(manual_dir, exist_ok=True)
-  names = [f"{i + 1:06d}.jpg" for i in range(len(images))]
-  if zipped:
-    with zipfile.ZipFile(os.path.join(manual_dir, "img_align_celeba.zip"),
-                         "w") as zf:
-      zf.writestr("img_align_celeba/", b"")
-      for name, image in zip(names, images):
-        zf.writestr(f"img_align_celeba/{name}", _jpeg(image))
-  else:
-    os.makedirs(os.path.join(manual_dir, "img_align_celeba"))
-    for name, image in zip(names, images):
-      with open(os.path.join(manual_dir, "img_align_celeba", name), "wb") as f:
-        f.write(_jpeg(image))
-  with open(os.path.join(manual_dir, "list_eval_partition.txt"), "w") as f:
-    for name, part in zip(names, partitions):
-      f.write(f"{name} {part}\n")
-  with open(os.path.join(manual_dir, "list_attr_celeba.txt"), "w") as f:
-    f.write(f"{len(images)}\n")
-    f.write(" ".join(_ATTRS) + " \n")
-    for name, row in zip(names, attrs):
-      # The official file pads positives to the width of '-1'.
-      f.write(name + "".join(f" {v:2d}" for v in row) + "\n")
-  for extra in ("list_landmarks_align_celeba.txt", "identity_CelebA.txt"):
-    open(os.path.join(manual_dir, extra), "w").close()
-  return names
+_write_celeba = data_testing.write_celeba
 
 
 @pytest.fixture(name="celeba")
@@ -344,7 +325,7 @@ def test_celeba_hflip_deterministic(celeba):
   num_flipped = 0
   for step, batch in enumerate(a):
     idx = ip.global_batch_indices(5, 4, 5, step, drop_remainder=False)
-    flips = ip.global_flip_mask(5, step, 4)
+    flips = ip.batch_plan(5, 4, 5, drop_remainder=False, hflip=True)[step]["flip"]
     for j, (i, f) in enumerate(zip(idx, flips)):
       want = plain[i, :, ::-1] if f else plain[i]
       np.testing.assert_array_equal(batch["image"][j], want)
@@ -494,3 +475,42 @@ def test_tfds_not_prepared(tmp_path):
   with pytest.raises(ip.DataError, match="tfds build mnist") as e:
     ip.validate(cfg)
   assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------
+# grain
+
+
+def test_sources_are_grain_random_access_sources(celeba):
+  cfg, _, _ = celeba
+  for c in (_config(), cfg):
+    source = ip.get_source(c, "train")
+    ds = grain.MapDataset.source(source)
+    assert len(ds) == len(source)
+    for i in (0, len(source) - 1):
+      want = source.get(np.array([i]))
+      for k, v in want.items():
+        np.testing.assert_array_equal(ds[i][k], v[0])
+
+
+def test_batch_dataset_random_access_equals_iterator():
+  cfg = _config(hflip=True)
+  it = _take(ip.batch_iterator(cfg, "train", 32, seed=2), 25)
+  ds = ip.batch_dataset(cfg, "train", 32, seed=2)
+  for k in (0, 3, 24):  # 1433 // 32 = 44 per epoch; 24 is inside epoch 0
+    _assert_batches_equal([it[k]], [ds[k]])
+  _assert_batches_equal(it[20:22], [ds[20:][0], ds[20:][1]])
+
+
+def test_worker_processes_give_the_same_batches_as_threads(celeba):
+  cfg, _, _ = celeba
+  cfg.hflip = True
+  kw = dict(seed=4, drop_remainder=False, start_step=3)
+  threads = _take(ip.batch_iterator(cfg, "train", 4, **kw), 3)
+  it = ip.batch_iterator(cfg, "train", 4, worker_processes=2, **kw)
+  processes = _take(it, 3)
+  it.close()
+  _assert_batches_equal(threads, processes)
+  assert type(processes[0]["image"]) is np.ndarray  # copied out of shared memory
+  with pytest.raises(ValueError, match="worker_processes"):
+    ip.batch_iterator(cfg, "train", 4, seed=0, worker_processes=-1)
