@@ -2,7 +2,9 @@
 
 import os
 
-# Must happen before jax initialises its backends.
+# Must happen before jax initialises its backends. XLA_FLAGS rather than
+# chex.set_n_cpu_devices: the trainers that tests start as subprocesses inherit
+# the variable, so they see the same 8 devices.
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
