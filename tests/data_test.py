@@ -514,3 +514,19 @@ def test_worker_processes_give_the_same_batches_as_threads(celeba):
   assert type(processes[0]["image"]) is np.ndarray  # copied out of shared memory
   with pytest.raises(ValueError, match="worker_processes"):
     ip.batch_iterator(cfg, "train", 4, seed=0, worker_processes=-1)
+
+
+def test_worker_processes_need_a_picklable_reader(monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.data import sources  # pylint: disable=g-import-not-at-top
+  real = sources.get_source
+
+  def unpicklable(cfg, split):
+    source = real(cfg, split)
+    source.lock = threading.Lock()
+    return source
+
+  monkeypatch.setattr(sources, "get_source", unpicklable)
+  with pytest.raises(ip.DataError, match="worker_processes=0"):
+    ip.batch_iterator(_config(), "train", 32, seed=0, worker_processes=2)
+  next(ip.batch_iterator(_config(), "train", 32, seed=0))  # threads need no pickling

@@ -41,6 +41,7 @@ import os
 from typing import Any, Iterator
 
 from absl import flags
+import cloudpickle
 import grain
 import numpy as np
 
@@ -278,6 +279,7 @@ def batch_iterator(data_config: Any, split: str, global_batch_size: int, *,
     num_workers = max(1, min(8, os.cpu_count() or 1))
   depth = max(int(prefetch), int(num_workers), 1)
   if worker_processes:
+    _check_picklable(ds, config_value(data_config, "name"))
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in mp_prefetch
       flags.FLAGS.mark_as_parsed()  # (a notebook or test never parses them).
     it = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(
@@ -287,6 +289,16 @@ def batch_iterator(data_config: Any, split: str, global_batch_size: int, *,
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(num_workers),
                                               prefetch_buffer_size=depth))
   return _iterate(it, copy=bool(worker_processes))
+
+
+def _check_picklable(ds: grain.MapDataset, name: str) -> None:
+  """Worker processes receive the dataset pickled: fail here in one line, not in a worker."""
+  try:
+    cloudpickle.dumps(ds)
+  except Exception as e:  # pylint: disable=broad-except
+    raise readers.DataError(
+        f"The {name!r} reader cannot be sent to worker processes ({type(e).__name__}: {e}); "
+        "use --config.data.worker_processes=0 (read threads).") from e
 
 
 def _iterate(dataset: grain.IterDataset, copy: bool) -> Iterator[dict[str, np.ndarray]]:
