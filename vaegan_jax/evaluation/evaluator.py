@@ -88,7 +88,7 @@ def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split
   key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
                           'n': n, 'features': extractor.name, 'weights': extractor.fingerprint})
   path = os.path.join(feats_lib.cache_dir(), 'real_features',
-                      f'{input_pipeline._get(data_config, "name")}_{split}_{n}_{key}.npz')  # pylint: disable=protected-access
+                      f'{input_pipeline.config_value(data_config, "name")}_{split}_{n}_{key}.npz')
   if use_cache and os.path.exists(path):
     try:
       with np.load(path) as f:

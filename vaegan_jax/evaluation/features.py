@@ -105,7 +105,7 @@ def data_fingerprint(data_config: Any) -> dict:
   """The data fields that decide what images a split holds, after preprocessing."""
   keys = ('name', 'image_size', 'channels', 'num_examples', 'data_dir', 'manual_dir', 'folder',
           'label_attributes')
-  return {k: input_pipeline._get(data_config, k) for k in keys}  # pylint: disable=protected-access
+  return {k: input_pipeline.config_value(data_config, k) for k in keys}
 
 
 @contextlib.contextmanager
@@ -140,9 +140,9 @@ def classifier_config(data_config: Any, info: input_pipeline.DatasetInfo
   c.data = ml_collections.ConfigDict(dict(data_config))
   if 'label_attributes' in c.data:  # The same classifier for conditional runs.
     c.data.label_attributes = False
-  c.data.hflip = bool(input_pipeline._get(data_config, 'hflip', False))  # pylint: disable=protected-access
-  c.data.train_split = input_pipeline._get(data_config, 'train_split', 'train')  # pylint: disable=protected-access
-  c.data.eval_split = input_pipeline._get(data_config, 'eval_split', None) or ''  # pylint: disable=protected-access
+  c.data.hflip = bool(input_pipeline.config_value(data_config, 'hflip', False))
+  c.data.train_split = input_pipeline.config_value(data_config, 'train_split', 'train')
+  c.data.eval_split = input_pipeline.config_value(data_config, 'eval_split', None) or ''
   if info.name == 'digits':
     first, widths, dense, steps = 16, (32, 64, 64), 128, 200
   elif int(data_config.image_size) <= 32:
