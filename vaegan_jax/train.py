@@ -24,12 +24,10 @@ Faults (docs/reliability.md has the table and the tests):
 
 from __future__ import annotations
 
-import collections
 import errno
 import functools
 import math
 import os
-import signal
 import time
 from typing import Optional
 
@@ -45,9 +43,12 @@ from vaegan_jax import metric_writer
 from vaegan_jax import models
 from vaegan_jax import parallel
 from vaegan_jax import train_step as ts
+from vaegan_jax import trainer_utils
 from vaegan_jax import workdir_lock
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as eval_features
+# Shared with the attribute classifier's loop; still importable as train.StopRequest.
+from vaegan_jax.trainer_utils import StopRequest
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,95 +140,6 @@ def _validate(config):
         f"{len(info.attribute_names)} attributes; set --config.model.num_attributes="
         f"{len(info.attribute_names)}.")
   return info
-
-
-class StopRequest:
-  """SIGTERM/SIGINT -> a flag checked before every step; all processes agree on it.
-
-  Single process: the local flag. Under ``jax.distributed`` an all-reduce
-  (max over every device of every process) of the flag before each step, so
-  that all processes stop after the same step and none waits alone in a
-  collective or a checkpoint barrier. The all-reduce depends on the last
-  state, so reading it also bounds the steps in flight.
-  A second SIGINT exits at once (130) without saving; the checkpoints already
-  written stay intact (orbax's atomic rename).
-  """
-
-  def __init__(self):
-    self.requested = False
-    self.signal_name = ""
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: no signal handling
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self.requested and signum == signal.SIGINT:
-      logging.warning("Second SIGINT: exiting now without saving; the last checkpoint "
-                      "is kept.")
-      logging.flush()
-      os._exit(130)  # pylint: disable=protected-access
-    if not self.requested:
-      logging.warning("%s received: finishing the current step, saving a checkpoint and "
-                      "exiting%s.", name,
-                      " (Ctrl-C again exits at once, without saving)"
-                      if signum == signal.SIGINT else "")
-    self.requested, self.signal_name = True, self.signal_name or name
-
-  def agreed(self, rstate) -> bool:
-    """Whether every process stops before the next step (same answer on all)."""
-    if jax.process_count() == 1:
-      return self.requested
-    flag = parallel.replicate(np.int32(self.requested))
-    agreed = bool(parallel.unreplicate(_agree_fn()(flag, rstate.step)))
-    if agreed and not self.requested:
-      logging.warning("Another process was asked to stop: saving and exiting.")
-      self.requested = True
-    return agreed
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
-@functools.lru_cache(maxsize=None)
-def _agree_fn():
-  # The state's step is an input so that this runs after the last step.
-  return jax.pmap(lambda flag, step: jax.lax.pmax(flag + 0 * step, parallel.AXIS),
-                  axis_name=parallel.AXIS)
-
-
-class _InFlight:
-  """Bounds the steps dispatched ahead of the device.
-
-  JAX dispatches asynchronously, so without a bound the loop runs hundreds of
-  steps ahead and a stop request waits for all of them. Two in flight keep the
-  device busy while the host prepares the next step; one when a step is slower
-  than ``slow_s``, so a stop waits at most for the step that is running.
-  """
-
-  def __init__(self, slow_s: float = 1.0):
-    self.slow_s = slow_s
-    self._pending = collections.deque()
-    self._last_done = None
-    self._step_s = 0.0
-
-  def add(self, marker) -> None:
-    self._pending.append(marker)
-    bound = 1 if self._step_s > self.slow_s else 2
-    while len(self._pending) >= bound:
-      jax.block_until_ready(self._pending.popleft())
-      now = time.time()
-      if self._last_done is not None:
-        self._step_s = now - self._last_done
-      self._last_done = now
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,7 +349,7 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   del state
   window, t_log, step_log = [], time.time(), start
   total = config.num_train_steps
-  in_flight = _InFlight()
+  in_flight = trainer_utils.InFlight()
   pending = None  # host state of a checkpoint step, saved once the next loss is finite
   s = start
   try:
