@@ -4,10 +4,14 @@ r"""Trains the attribute classifier on real images (paper Sec. 5.3 metric).
       [--config=experiments/configs/attribute_classifier.py] \
       [--config.data.manual_dir=/path/to/celeba] [--config.num_train_steps=20000]
 
-Writes Orbax checkpoints (params, BN statistics, Adam state, step, and the
-config as JSON with the dataset's attribute names) to ``workdir/classifier``;
-running the same command again resumes. Score conditional generators with it
-using ``python -m experiments.evaluate_attributes``.
+Writes checksummed Orbax checkpoints (params, BN statistics, Adam state, step,
+and the config as JSON with the dataset's attribute names) to
+``workdir/classifier/checkpoints``, TensorBoard scalars and ``metrics.jsonl``
+to ``workdir/classifier``; running the same command again resumes from the
+newest good checkpoint, and SIGTERM/Ctrl-C save the current step and exit 0.
+Score conditional generators with it using
+``python -m experiments.evaluate_attributes``. The work is one library call,
+``vaegan_jax.attribute_classifier.train_and_evaluate``.
 """
 
 import os
@@ -40,7 +44,8 @@ def main(argv):
     # Bad configs and missing data get one clear line, no traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  logging.info("Classifier trained to step %d; checkpoints in %s.", clf.step,
+  logging.info("Classifier at step %d of %d; checkpoints in %s.", clf.step,
+               FLAGS.config.num_train_steps,
                attribute_classifier.classifier_dir(FLAGS.workdir))
 
 

@@ -154,7 +154,9 @@ def test_classifier_learns_planted_attribute(celeba, classifier_workdir):
   clf, config = ac.restore(classifier_workdir)
   assert clf.step == 40 and clf.attribute_names == tuple(ATTRS)
   assert config.model.widths == (16, 16, 16)
-  assert sorted(os.listdir(ac.classifier_dir(classifier_workdir))) == ["20", "40"]
+  root = ac.classifier_dir(classifier_workdir)
+  assert sorted(os.listdir(checkpoint.checkpoint_dir(root))) == ["20", "40"]
+  assert os.path.exists(os.path.join(root, "metrics.jsonl"))
   test = list(sampling.dataset_batches(data, "test", 8, NUM_TEST))
   y, p = ac.predict_dataset(clf, test)
   np.testing.assert_array_equal(y, labels[NUM_TRAIN:])

@@ -33,10 +33,14 @@ averaged over examples and attributes. With ``labels='classes'`` K =
 entropy against the integer 'label'. Adam in both cases. It runs on one device
 (``jax.jit``): it is small and this keeps it simple.
 
-Checkpoints: ``workdir/classifier/<step>/{state,config}`` (Orbax; config as
-JSON, including the dataset's ``attribute_names``), written with the same
-atomic-rename guarantee as the VAE-GAN checkpoints; training resumes from the
-latest one.
+Training (``train_and_evaluate``) shares the VAE-GAN trainer's machinery:
+checkpoints in ``workdir/classifier/checkpoints/<step>/{state,config,integrity}``
+(``checkpoint.py``: Orbax's atomic rename, a checksum verified on every restore,
+corrupt ones moved to ``checkpoints_bad/`` and the newest good one resumed; the
+config as JSON with the dataset's ``attribute_names``), TensorBoard scalars and
+``metrics.jsonl`` (``metric_writer.py``), one trainer per directory
+(``workdir_lock.py``), and SIGTERM/SIGINT saving the current step before it
+returns (``trainer_utils.StopRequest``).
 
 ``attribute_similarity`` (the metric) -- for labels y (N, A) in {0, 1} and
 predicted probabilities p (N, A) in [0, 1]:
@@ -69,11 +73,15 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 from vaegan_jax import layers
+from vaegan_jax import metric_writer
 from vaegan_jax import sampling
+from vaegan_jax import trainer_utils
+from vaegan_jax import workdir_lock
 
 Array = jax.Array
 
@@ -425,30 +433,39 @@ def evaluate(classifier: Classifier, batches: Iterable[Mapping[str, Any]]) -> di
 
 # ----------------------------------------------------------------------------
 # Training and checkpoints.
+#
+# The loop shares the VAE-GAN trainer's pieces: ``checkpoint`` (checksummed
+# saves, the newest good checkpoint on resume, corrupt ones moved aside),
+# ``metric_writer`` (TensorBoard, metrics.jsonl, console), ``workdir_lock``
+# (one trainer per directory) and ``trainer_utils`` (SIGTERM/SIGINT, steps in
+# flight). Everything lives in ``classifier_dir(workdir)``:
+#
+#   checkpoints/<step>/{state,config,integrity}   checkpoints_bad/<step>
+#   events.out.tfevents.*  metrics.jsonl  lock.json
+#
+# Checkpoints of the layout before checksums, ``<step>/{state,config}`` right
+# in ``classifier_dir``, are still read (unverified, with a warning) and
+# resumed from; new ones go to ``checkpoints/``.
 
 
 def classifier_dir(workdir: str) -> str:
+  """The classifier's own directory in ``workdir``: its checkpoints, metrics and lock."""
   return os.path.join(os.path.abspath(workdir), 'classifier')
 
 
-def _manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(classifier_dir(workdir), options=options,
-                               item_names=('state', 'config'))
-
-
-def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+def validate_config(config: ml_collections.ConfigDict) -> data.DatasetInfo:
   """All checks before compiling anything. Raises ClassifierError / DataError."""
   arch = ClassifierArch.from_config(config)
   arch.validate()
   for k in ('num_train_steps', 'batch_size', 'log_every', 'checkpoint_every', 'eval_every'):
     if int(config[k]) <= 0:
       raise ClassifierError(f'{k} must be positive, got {config[k]}; e.g. --config.{k}=100.')
+  if int(config.get('keep_checkpoints', 2)) < 1:
+    raise ClassifierError(f'keep_checkpoints must be >= 1 (it would delete every checkpoint), '
+                          f'got {config.keep_checkpoints}; e.g. --config.keep_checkpoints=2.')
   if not float(config.learning_rate) > 0:
     raise ClassifierError(f'learning_rate must be > 0, got {config.learning_rate}.')
-  info = input_pipeline.validate(config.data)
+  info = data.validate(config.data)
   if arch.labels == 'classes':
     if not info.num_classes:
       raise ClassifierError(f'Dataset {info.name!r} has no class labels: use '
@@ -474,98 +491,249 @@ def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.Dataset
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Classifier:
   """Trains on ``config.data.train_split``; evaluates on ``eval_split``; checkpoints.
 
-  Resumes from the latest checkpoint in ``workdir/classifier``; the input
-  order is a pure function of (seed, step), as for the VAE-GAN.
-  Returns the trained Classifier.
+  Resumes from the newest good checkpoint in ``classifier_dir(workdir)``
+  (corrupt ones are moved to ``checkpoints_bad/``); the input order is a pure
+  function of (seed, step), so a resumed run ends where an uninterrupted one
+  does. SIGTERM/SIGINT finish the current step, save it and return early: the
+  returned Classifier's ``step`` is then below ``config.num_train_steps``.
+  Only states whose every value is finite are saved.
+
+  Returns:
+    The trained Classifier (inference mode).
+  Raises:
+    One of ``USER_ERRORS`` (one line): a bad config, missing data, a
+    checkpoint of another model, a diverged loss, another trainer on the
+    directory, a failed save.
   """
   info = validate_config(config)
+  root = classifier_dir(workdir)
+  try:
+    os.makedirs(root, exist_ok=True)
+  except OSError as e:
+    raise ClassifierError(f'Cannot create {root} ({type(e).__name__}: {e.strerror or e}); '
+                          'choose a writable --workdir.') from e
+  with workdir_lock.WorkdirLock(root), trainer_utils.StopRequest() as stop:
+    return _train(config, root, info, stop)
+
+
+def _saved_config(config: ml_collections.ConfigDict, info) -> ml_collections.ConfigDict:
+  """The config as saved with each checkpoint: plus the dataset's attribute names."""
+  saved = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  saved.attribute_names = list(info.attribute_names)
+  return saved
+
+
+def _nonfinite_leaf(state: ClassifierState) -> Optional[str]:
+  """The path of the first NaN/inf value of the state, or None."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+      return jax.tree_util.keystr(path)
+  return None
+
+
+def _diverged(s: int, what: str) -> ClassifierError:
+  return ClassifierError(f'Non-finite classifier {what} at step {s}; training stopped and the '
+                         'last good checkpoint is kept: lower --config.learning_rate.')
+
+
+def _resume(root: str, fresh: ClassifierState) -> ClassifierState:
+  """The newest good checkpoint (corrupt ones moved aside), a legacy one, or ``fresh``."""
+  try:
+    restored = checkpoint.restore_latest(root, fresh, quarantine=True)
+  except checkpoint.CheckpointError as e:
+    raise ClassifierError(f'Attribute classifier: {e}') from e
+  if restored is not None:
+    logging.info('Resumed the classifier from step %d.', restored.step)
+    return restored.state
+  legacy = _legacy_steps(root)
+  if not legacy:
+    return fresh
+  state = _restore_legacy(root, fresh, legacy[-1])
+  logging.info('Resumed the classifier from step %d (a checkpoint without checksum in %s; '
+               'new ones go to %s).', legacy[-1], root, checkpoint.checkpoint_dir(root))
+  return state
+
+
+def _train(config, root: str, info, stop: trainer_utils.StopRequest) -> Classifier:
   arch = ClassifierArch.from_config(config)
   lr = float(config.learning_rate)
-  mngr = _manager(workdir, keep=int(config.get('keep_checkpoints', 2)))
-  state = jax.device_get(create_state(arch, lr, jax.random.PRNGKey(config.seed)))
-  if mngr.latest_step() is not None:
-    state = _restore_state(mngr, state, mngr.latest_step())
-    logging.info('Resumed the classifier from step %d.', int(state.step))
-  start = int(state.step)
-  config_json = json.loads(config.to_json_best_effort())
-  config_json['attribute_names'] = list(info.attribute_names)
-  batches = input_pipeline.batch_iterator(config.data, config.data.train_split,
+  fresh = jax.device_get(create_state(arch, lr, jax.random.PRNGKey(config.seed)))
+  state = _resume(root, fresh)
+  start = s = int(state.step)
+  total = int(config.num_train_steps)
+  saved_config = _saved_config(config, info)
+  eval_split = config.data.get('eval_split') or None
+  make = lambda st: Classifier(arch, st.params, st.batch_stats,
+                               attribute_names=info.attribute_names, step=int(st.step))
+  if start >= total:
+    return make(state)
+  mngr = checkpoint.manager(root, keep=int(config.get('keep_checkpoints', 2)))
+  writer = metric_writer.MetricWriter(root)
+  batches = data.batch_iterator(config.data, config.data.train_split,
                                           int(config.batch_size), seed=int(config.seed),
                                           start_step=start)
-  eval_split = config.data.get('eval_split') or None
-  window, t0 = [], time.time()
-  total = int(config.num_train_steps)
-  make = lambda s: Classifier(arch, s.params, s.batch_stats,
-                              attribute_names=info.attribute_names, step=int(s.step))
-  for step in range(start, total):
-    batch = next(batches)
-    state, metrics = train_step(state, batch['image'], batch[arch.label_key], arch=arch,
-                                learning_rate=lr)
-    window.append(metrics)
-    s = step + 1
-    if s % config.log_every == 0 or s == total:
-      m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-      if not np.isfinite(m['loss']):
-        raise ClassifierError(f'Non-finite classifier loss at step {s}: lower '
-                              '--config.learning_rate.')
-      logging.info('classifier step %d: loss %.4f, accuracy %.4f (%.1f steps/s)', s,
-                   m['loss'], m['accuracy'], len(window) / max(time.time() - t0, 1e-9))
-      window, t0 = [], time.time()
-    if eval_split and (s % config.eval_every == 0 or s == total):
-      n_eval = int(config.get('num_eval_examples', 2000)) or 2 ** 62  # 0: whole split
-      result = evaluate(make(state),
-                        sampling.dataset_batches(config.data, eval_split, 256, n_eval))
-      logging.info('classifier eval at step %d on %d %r examples: loss %.4f, accuracy '
-                   '%.4f (majority baseline %.4f)', s, result['num_examples'], eval_split,
-                   result['loss'], result['accuracy'], result['majority_accuracy'])
-    if s % config.checkpoint_every == 0 or s == total:
-      if not np.isfinite(float(metrics['loss'])):  # Never save a diverged state.
-        raise ClassifierError(f'Non-finite classifier loss at step {s}: lower '
-                              '--config.learning_rate.')
-      state = jax.device_get(state)
-      mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           config=ocp.args.JsonSave(config_json)),
-                force=True)
-  mngr.wait_until_finished()
-  mngr.close()
-  close = getattr(batches, 'close', None)
-  if close:
-    close()
+  in_flight = trainer_utils.InFlight()
+  window, t_log, step_log, saved = [], time.time(), start, start
+  logging.info('Training the classifier (%s) from step %d to %d, batch %d, on %s split %r; '
+               'outputs in %s.', arch.labels, start, total, int(config.batch_size), info.name,
+               config.data.train_split, root)
+
+  def save(st):
+    bad = _nonfinite_leaf(jax.device_get(st))
+    if bad is not None:
+      raise _diverged(int(st.step), f'value {bad}')
+    checkpoint.save(mngr, st, saved_config)
+
+  try:
+    while s < total and not stop.requested:
+      batch = next(batches)
+      state, metrics = train_step(state, batch['image'], batch[arch.label_key], arch=arch,
+                                  learning_rate=lr)
+      s += 1
+      if s == start + 1:  # Rates count from here: compiling is not training.
+        jax.block_until_ready(metrics)
+        logging.info('Compiled and ran classifier step %d in %.1f s.', s, time.time() - t_log)
+        t_log, step_log = time.time(), s
+      in_flight.add(metrics)
+      window.append(metrics)
+      if s % config.log_every == 0 or s == total:
+        means = {k: float(np.mean(jax.device_get([w[k] for w in window]))) for k in window[0]}
+        if not np.isfinite(means['loss']):
+          raise _diverged(s, 'loss')
+        checkpoint.check_saves(mngr)
+        text = f"classifier loss={means['loss']:.4g} accuracy={means['accuracy']:.4g}"
+        dt = time.time() - t_log
+        if s > step_log:
+          ips = (s - step_log) * int(config.batch_size) / max(dt, 1e-9)
+          eta = (total - s) * dt / (s - step_log)
+          means['images_per_sec'] = ips
+          text += f' | {ips:.0f} img/s, ETA {eta / 60:.1f} min'
+        writer.write_scalars(s, means, text)
+        window, t_log, step_log = [], time.time(), s
+      if eval_split and (s % config.eval_every == 0 or s == total) and not stop.requested:
+        n_eval = int(config.get('num_eval_examples', 2000)) or 2 ** 62  # 0: whole split
+        result = evaluate(make(state),
+                          sampling.dataset_batches(config.data, eval_split, 256, n_eval))
+        writer.write_eval(s, {f'eval/{k}': result[k]
+                              for k in ('loss', 'accuracy', 'majority_accuracy')})
+        logging.info('classifier eval at step %d on %d %r examples: loss %.4f, accuracy '
+                     '%.4f (majority baseline %.4f)', s, result['num_examples'], eval_split,
+                     result['loss'], result['accuracy'], result['majority_accuracy'])
+      if s % config.checkpoint_every == 0 or s == total:
+        save(state)
+        saved = s
+    if stop.requested and s > saved:
+      save(state)  # The step that was running when the signal came.
+    checkpoint.finish(mngr)
+  except BaseException:
+    checkpoint.finish(mngr, quiet=True)  # The in-flight save completes or is reported.
+    raise
+  finally:
+    writer.close()
+    close = getattr(batches, 'close', None)
+    if close:
+      close()
+  if stop.requested:
+    logging.warning('Classifier preempted (%s): stopped after step %d of %d, checkpoint %d '
+                    'saved; rerun to resume.', stop.signal_name, s, total, s)
   return make(state)
 
 
-def _restore_state(mngr, template: ClassifierState, step: int) -> ClassifierState:
-  """Restores and checks every leaf's shape against ``template`` (one-line errors)."""
+# ----------------------------------------------------------------------------
+# Restoring.
+
+
+def _legacy_steps(root: str) -> list[int]:
+  """Steps in the layout before checksums: ``root/<step>/{state,config}``."""
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(d) for d in os.listdir(root)
+                if d.isdigit() and os.path.isdir(os.path.join(root, d, 'state')))
+
+
+def _legacy_config(root: str, step: int) -> dict:
+  """The config dict saved with a legacy checkpoint."""
+  checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+  try:
+    return checkpointer.restore(epath.Path(root) / str(step) / 'config',
+                                args=ocp.args.JsonRestore())
+  except Exception as e:  # pylint: disable=broad-except
+    raise ClassifierError(f'Attribute classifier: the config of checkpoint {root}/{step} is '
+                          f'unreadable ({type(e).__name__}); train again in a fresh '
+                          '--workdir.') from e
+  finally:
+    checkpointer.close()
+
+
+def _restore_legacy(root: str, template: Any, step: int) -> Any:
+  """The state of a legacy checkpoint in ``template``'s structure (read unverified)."""
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=False)
+  mngr = ocp.CheckpointManager(root, options=options, item_names=('state', 'config'))
   try:
     return checkpoint.restore_state(mngr, template, step)
   except checkpoint.CheckpointError as e:
     raise ClassifierError(f'Attribute classifier: {e}') from e
+  finally:
+    mngr.close()
+
+
+def _template(config: ml_collections.ConfigDict):
+  arch = ClassifierArch.from_config(config)
+  return arch, jax.eval_shape(lambda: create_state(arch, float(config.learning_rate),
+                                                   jax.random.PRNGKey(0)))
 
 
 def restore(workdir: str, step: Optional[int] = None
             ) -> tuple[Classifier, ml_collections.ConfigDict]:
-  """(Classifier, its training config) from ``workdir/classifier``."""
-  directory = classifier_dir(workdir)
-  if not os.path.isdir(directory):
-    raise ClassifierError(f'No classifier checkpoint in {directory}; train one with '
+  """(Classifier, its training config) from ``classifier_dir(workdir)``.
+
+  ``step=None`` takes the newest checkpoint that passes its checksum (a
+  corrupt newer one is skipped with a warning, never moved: a trainer may be
+  running). Raises ClassifierError (one line).
+  """
+  root = classifier_dir(workdir)
+  if not os.path.isdir(root):
+    raise ClassifierError(f'No classifier checkpoint in {root}; train one with '
                           f'`python -m experiments.train_attribute_classifier '
                           f'--workdir={workdir}`.')
-  mngr = _manager(workdir, read_only=True)
-  steps = sorted(mngr.all_steps())
-  step = steps[-1] if (step is None and steps) else step
-  if step is None or step not in steps:
+  steps = []
+  if os.path.isdir(checkpoint.checkpoint_dir(root)):
+    mngr = checkpoint.manager(root, read_only=True)
+    steps = sorted(mngr.all_steps())
+    mngr.close()
+  legacy = _legacy_steps(root)
+  if not steps and legacy and (step is None or step in legacy):
+    step = legacy[-1] if step is None else step
+    raw = dict(_legacy_config(root, step))
+    names = tuple(raw.pop('attribute_names', ()))
+    config = ml_collections.ConfigDict(checkpoint.lists_to_tuples(raw))
+    arch, template = _template(config)
+    state = _restore_legacy(root, template, step)
+    return Classifier(arch, state.params, state.batch_stats, attribute_names=names,
+                      step=int(state.step)), config
+  if not steps or (step is not None and step not in steps):
     raise ClassifierError(f'No classifier checkpoint{"" if step is None else f" for step {step}"} '
-                          f'in {directory} (available: {steps}).')
-  raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  names = tuple(raw.pop('attribute_names', ()))
-  config = ml_collections.ConfigDict(checkpoint.lists_to_tuples(raw))
-  arch = ClassifierArch.from_config(config)
-  template = jax.eval_shape(lambda: create_state(arch, float(config.learning_rate),
-                                                 jax.random.PRNGKey(0)))
-  state = _restore_state(mngr, template, step)
-  mngr.close()
+                          f'in {root} (available: {steps or legacy}); train one with `python -m '
+                          f'experiments.train_attribute_classifier --workdir={workdir}`.')
+  try:
+    config, step = checkpoint.read_config(root, step)
+    names = tuple(config.get('attribute_names', ()))
+    if 'attribute_names' in config:
+      del config['attribute_names']
+    arch, template = _template(config)
+    mngr = checkpoint.manager(root, read_only=True)
+    try:
+      state = checkpoint.restore_state(mngr, template, step)
+    finally:
+      mngr.close()
+  except checkpoint.CheckpointError as e:
+    raise ClassifierError(f'Attribute classifier: {e}') from e
   return Classifier(arch, state.params, state.batch_stats, attribute_names=names,
                     step=int(state.step)), config
 
 
-USER_ERRORS = (ClassifierError, input_pipeline.DataError)
+USER_ERRORS = (ClassifierError, data.DataError, checkpoint.CheckpointError,
+               workdir_lock.WorkdirLockedError)

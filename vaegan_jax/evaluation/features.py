@@ -225,6 +225,10 @@ def _trained_classifier(config, directory: str, info) -> ac.Classifier:
     logging.info('Training the %s classifier for evaluation features (%d steps, once; '
                  'cached in %s).', info.name, config.num_train_steps, directory)
     clf = ac.train_and_evaluate(config, workdir)
+    if clf.step < int(config.num_train_steps):  # SIGTERM/SIGINT: saved, not finished.
+      raise FeatureError(f'Training the {info.name} feature classifier was stopped at step '
+                         f'{clf.step} of {config.num_train_steps}; its checkpoint is kept in '
+                         f'{ac.classifier_dir(workdir)}: rerun to resume it.')
     eval_split = config.data.eval_split
     if eval_split:
       from vaegan_jax import sampling  # pylint: disable=g-import-not-at-top
