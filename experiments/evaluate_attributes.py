@@ -20,47 +20,29 @@ plus the accuracy of the thresholded predictions (p > 0.5). See
 ``vaegan_jax.attribute_classifier.attribute_similarity``. The paper used LFW;
 the comparison across model kinds (GAN, VAE, VAE-GAN) is one row per
 ``--workdir``. Writes ``outdir/attribute_similarity.json`` and prints the table.
+
+The work is one library call, ``vaegan_jax.evaluation.attributes.evaluate_attributes``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any, Optional
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from vaegan_jax import cli  # pylint: disable=g-bad-import-order
-import jax
 
-from experiments import sample
-from vaegan_jax import attribute_classifier as ac
-from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
-from vaegan_jax import models
-from vaegan_jax import sampling
+from vaegan_jax.evaluation import attributes
 
 FLAGS = flags.FLAGS
-OUTPUT_FILE = "attribute_similarity.json"
-
-DEFINITIONS = {
-    "cosine": "mean over examples i of <y_i, p_i> / (|y_i| |p_i|), y_i in {0,1}^A the "
-              "conditioning attributes, p_i in [0,1]^A the classifier's predicted "
-              "probabilities; 0 for an example whose y_i or p_i is all zero",
-    "mse": "mean over all examples and attributes of (y_ia - p_ia)^2",
-    "accuracy": "mean over all examples and attributes of [p_ia > 0.5] == [y_ia = 1]",
-}
 
 
 def _define_flags():
-  """Defines the flags, only when run as a program (tests import ``run``)."""
+  """Defines the flags, only when run as a program (tests import other binaries' flags)."""
   flags.DEFINE_string("workdir", None, "Conditional generator workdir(s), comma-separated.")
   flags.DEFINE_string("classifier_workdir", None, "Workdir of the attribute classifier.")
-  flags.DEFINE_string("outdir", None, f"Where to write {OUTPUT_FILE}.")
+  flags.DEFINE_string("outdir", None, f"Where to write {attributes.OUTPUT_FILE}.")
   flags.DEFINE_string("split", None, "Held-out split (default: the data's eval_split).")
   flags.DEFINE_integer("num_examples", 0, "Use the first N examples of the split (0: all).")
   flags.DEFINE_integer("seed", 0, "Seed of the z draws (the same z for every generator).")
@@ -71,131 +53,18 @@ def _define_flags():
   flags.mark_flags_as_required(["workdir", "classifier_workdir", "outdir"])
 
 
-class EvaluationError(ValueError):
-  """Incompatible generator/classifier/data; one-line message naming the fix."""
-
-
-USER_ERRORS = (EvaluationError, ac.ClassifierError, checkpoint.CheckpointError,
-               input_pipeline.DataError)
-
-
-def _load_generator(workdir: str, step: Optional[int], classifier: ac.Classifier,
-                    manual_dir: Optional[str]):
-  """(Sampler, config, step) of a conditional checkpoint that fits the classifier."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    raise checkpoint.CheckpointError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}.")
-  config, step = checkpoint.read_config(workdir, step)
-  try:
-    arch = models.Architecture.from_config(config.model)
-    arch.validate()
-  except (ValueError, TypeError) as e:
-    raise checkpoint.CheckpointError(f"The config saved in {workdir} is not valid here "
-                                     f"({str(e).splitlines()[0]}).") from e
-  if not arch.num_attributes:
-    raise EvaluationError(
-        f"{workdir} holds an unconditional model (model.num_attributes=0); train one with "
-        "--config=experiments/configs/celeba_conditional.py.")
-  c = classifier.arch
-  if arch.num_attributes != c.num_attributes:
-    raise EvaluationError(f"{workdir} is conditional on {arch.num_attributes} attributes but "
-                          f"the classifier predicts {c.num_attributes}.")
-  if (arch.image_size, arch.channels) != (c.image_size, c.channels):
-    raise EvaluationError(
-        f"{workdir} makes {arch.image_size}x{arch.image_size}x{arch.channels} images but the "
-        f"classifier takes {c.image_size}x{c.image_size}x{c.channels}; train the classifier "
-        "on the generator's data settings.")
-  state, config = sample.restore_checked(workdir, step, config)
-  if manual_dir:
-    config.data.manual_dir = manual_dir
-  return sampling.Sampler.from_state(config, state), config, step
-
-
-def run(workdirs: Sequence[str], classifier_workdir: str, outdir: str, *,
-        split: Optional[str] = None, num_examples: int = 0, seed: int = 0,
-        temperature: float = 1.0, batch_size: int = 256, step: Optional[int] = None,
-        manual_dir: Optional[str] = None) -> dict[str, Any]:
-  """Scores each generator and the real images; writes and returns the JSON dict.
-
-  Returns:
-    {'rows': [{'name', 'kind', 'step', 'cosine', 'mse', 'accuracy', ...}, ...]
-     (first row 'real test images'), 'split', 'num_examples', 'definitions', ...}.
-  Raises:
-    One of ``USER_ERRORS`` (one line) before any image is generated.
-  """
-  workdirs = [w for w in workdirs if w]
-  if not workdirs:
-    raise EvaluationError("Give at least one --workdir.")
-  if batch_size < 1 or num_examples < 0 or not temperature >= 0:
-    raise EvaluationError("Need --batch_size >= 1, --num_examples >= 0, --temperature >= 0.")
-  classifier, _ = ac.restore(classifier_workdir)
-  generators = [_load_generator(w, step, classifier, manual_dir) for w in workdirs]
-
-  # The held-out data: the first generator's dataset settings.
-  data = generators[0][1].data
-  split = split or data.get("eval_split") or "test"
-  for w, (_, cfg, _) in zip(workdirs[1:], generators[1:]):
-    if (cfg.data.name, cfg.data.image_size) != (data.name, data.image_size):
-      raise EvaluationError(f"{w} was trained on {cfg.data.name!r} "
-                            f"{cfg.data.image_size}px, {workdirs[0]} on {data.name!r} "
-                            f"{data.image_size}px: compare generators of the same data.")
-  info = input_pipeline.validate(data)
-  if classifier.attribute_names and tuple(info.attribute_names) != classifier.attribute_names:
-    raise EvaluationError(f"The classifier's attributes ({len(classifier.attribute_names)}) "
-                          f"are not those of dataset {info.name!r} "
-                          f"({len(info.attribute_names)}), in the same order.")
-  # The first num_examples (0: all) of the split, unflipped.
-  batches = sampling.dataset_batches(data, split, batch_size, num_examples or 2 ** 62)
-
-  logging.info("Classifying the real %r images.", split)
-  y, p_real = ac.predict_dataset(classifier, batches)
-  rows = [dict(name=f"real {split} images", kind="real", step=None,
-               **ac.attribute_similarity(y, p_real),
-               accuracy=ac.binary_accuracy(y, p_real))]
-  rng = jax.random.PRNGKey(seed)  # The same z for every generator.
-  for w, (sampler, cfg, s) in zip(workdirs, generators):
-    logging.info("Generating and classifying %d images with %s.", len(y), w)
-    p = ac.predict_conditional_samples(sampler, classifier, y, rng, temperature=temperature,
-                                       batch_size=batch_size)
-    rows.append(dict(name=w, kind=str(cfg.kind), step=int(s),
-                     **ac.attribute_similarity(y, p), accuracy=ac.binary_accuracy(y, p)))
-
-  result = dict(split=split, dataset=info.name, num_examples=int(len(y)), seed=seed,
-                temperature=temperature, classifier_workdir=classifier_workdir,
-                classifier_step=classifier.step, definitions=DEFINITIONS, rows=rows)
-  os.makedirs(outdir, exist_ok=True)
-  path = os.path.join(outdir, OUTPUT_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, path)
-  print(format_table(result))
-  logging.info("Wrote %s.", path)
-  return result
-
-
-def format_table(result: dict[str, Any]) -> str:
-  """The rows as a fixed-width text table."""
-  rows = result["rows"]
-  width = max(len("model"), *(len(r["name"]) for r in rows))
-  lines = [f"Attribute similarity on {result['num_examples']} {result['dataset']} "
-           f"{result['split']!r} examples (y vs classifier probabilities):",
-           f"{'model':<{width}}  {'kind':<9} {'cosine':>7} {'mse':>7} {'acc':>7}"]
-  for r in rows:
-    lines.append(f"{r['name']:<{width}}  {r['kind']:<9} {r['cosine']:7.4f} {r['mse']:7.4f} "
-                 f"{r['accuracy']:7.4f}")
-  return "\n".join(lines)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    run(FLAGS.workdir.split(","), FLAGS.classifier_workdir, FLAGS.outdir, split=FLAGS.split,
+    result = attributes.evaluate_attributes(
+        FLAGS.workdir.split(","), FLAGS.classifier_workdir, FLAGS.outdir, split=FLAGS.split,
         num_examples=FLAGS.num_examples, seed=FLAGS.seed, temperature=FLAGS.temperature,
         batch_size=FLAGS.batch_size, step=FLAGS.step, manual_dir=FLAGS.manual_dir)
-  except USER_ERRORS as e:
+  except attributes.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  print(attributes.format_table(result))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@ list_attr_celeba.txt, list_eval_partition.txt) are written into a temporary
 folder, with one planted attribute: 'Smiling' is 1 exactly for the bright
 images. On them: the classifier learns the planted attribute, a conditional
 tiny VAE-GAN (num_attributes=40) trains through the pmapped train step, and
-the evaluation binary and ``sample.run --attributes`` run end to end.
+the attribute evaluation (``evaluation.attributes``, and its binary) and
+``sampling_outputs.write_samples(attributes=True)`` run end to end.
 """
 
 import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import jax
@@ -20,19 +23,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import evaluate_attributes
-from experiments import sample
 from experiments.configs import attribute_classifier as clf_configs
 from experiments.configs import tiny
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import checkpoint
 from vaegan_jax import input_pipeline
 from vaegan_jax import sampling
+from vaegan_jax import sampling_outputs
 from vaegan_jax import train
+from vaegan_jax.evaluation import attributes
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTRS = list(input_pipeline.CELEBA_ATTRIBUTE_NAMES)
 PLANTED = ATTRS.index("Smiling")
 NUM_TRAIN, NUM_TEST, SIZE = 32, 16, 16
+
+
+def _run_binary(name, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 # ----------------------------------------------------------------------------
@@ -206,9 +216,9 @@ def test_evaluate_attributes_end_to_end(celeba, classifier_workdir, conditional_
                                         tmp_path):
   data, labels, _ = celeba
   out = str(tmp_path / "eval")
-  result = evaluate_attributes.run([conditional_workdir, conditional_workdir],
-                                   classifier_workdir, out, batch_size=8)
-  with open(os.path.join(out, evaluate_attributes.OUTPUT_FILE)) as f:
+  result = attributes.evaluate_attributes([conditional_workdir, conditional_workdir],
+                                          classifier_workdir, out, batch_size=8)
+  with open(os.path.join(out, attributes.OUTPUT_FILE)) as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(result))
   assert saved["num_examples"] == NUM_TEST and saved["split"] == "test"
@@ -226,12 +236,32 @@ def test_evaluate_attributes_end_to_end(celeba, classifier_workdir, conditional_
   # The same z for every generator: the same checkpoint scores the same.
   assert gen_a["cosine"] == gen_b["cosine"] and gen_a["mse"] == gen_b["mse"]
   assert "cosine" in saved["definitions"]
-  assert "real test images" in evaluate_attributes.format_table(result)
+  assert "real test images" in attributes.format_table(result)
+  # ``score_generators`` is the same without writing.
+  assert attributes.score_generators([conditional_workdir], classifier_workdir,
+                                     batch_size=8)["rows"] == saved["rows"][:2]
+
+  # The binary is flags plus that call: the same JSON, the table on stdout.
+  out2 = str(tmp_path / "binary")
+  proc = _run_binary("evaluate_attributes", f"--workdir={conditional_workdir},"
+                     f"{conditional_workdir}", f"--classifier_workdir={classifier_workdir}",
+                     f"--outdir={out2}", "--batch_size=8")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(out2, attributes.OUTPUT_FILE)) as f:
+    assert json.load(f) == saved
+  assert attributes.format_table(result) in proc.stdout
+  # Its errors are one line, exit status 1, nothing written.
+  proc = _run_binary("evaluate_attributes", f"--workdir={conditional_workdir}",
+                     f"--classifier_workdir={tmp_path / 'none'}", f"--outdir={tmp_path / 'o'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: No classifier checkpoint"), proc.stderr
+  assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_attributes_errors(classifier_workdir, conditional_workdir, tmp_path):
   with pytest.raises(ac.ClassifierError, match="No classifier checkpoint"):
-    evaluate_attributes.run([conditional_workdir], str(tmp_path), str(tmp_path / "o"))
+    attributes.evaluate_attributes([conditional_workdir], str(tmp_path), str(tmp_path / "o"))
   # An unconditional model is refused before anything is generated.
   meta = os.path.join(conditional_workdir, "checkpoints", "4", "config", "metadata")
   uncond = tmp_path / "uncond" / "checkpoints" / "4"
@@ -241,8 +271,8 @@ def test_evaluate_attributes_errors(classifier_workdir, conditional_workdir, tmp
   cfg["model"]["num_attributes"] = 0
   with open(uncond / "config" / "metadata", "w") as f:
     json.dump(cfg, f)
-  with pytest.raises(evaluate_attributes.EvaluationError, match="unconditional"):
-    evaluate_attributes.run([str(tmp_path / "uncond")], classifier_workdir,
+  with pytest.raises(attributes.EvaluationError, match="unconditional"):
+    attributes.evaluate_attributes([str(tmp_path / "uncond")], classifier_workdir,
                             str(tmp_path / "o"))
   assert not (tmp_path / "o").exists()
 
@@ -251,9 +281,9 @@ def test_sample_attribute_vectors(conditional_workdir, tmp_path):
   kw = dict(num=4, num_interpolations=2, interpolation_steps=3, attributes=True,
             num_attribute_images=NUM_TRAIN, attribute_columns=4)
   out1, out2 = str(tmp_path / "a"), str(tmp_path / "b")
-  written = sample.run(conditional_workdir, out1, **kw)
-  assert {"attributes.png", sample.ATTRIBUTE_VECTORS_FILE, "samples_y.npy"} <= set(written)
-  with np.load(os.path.join(out1, sample.ATTRIBUTE_VECTORS_FILE)) as f:
+  written = sampling_outputs.write_samples(conditional_workdir, out1, **kw)
+  assert {"attributes.png", sampling_outputs.ATTRIBUTE_VECTORS_FILE, "samples_y.npy"} <= set(written)
+  with np.load(os.path.join(out1, sampling_outputs.ATTRIBUTE_VECTORS_FILE)) as f:
     assert tuple(f["names"]) == sampling.PAPER_ATTRIBUTES
     assert f["vectors"].shape == (18, 8) and np.isfinite(f["vectors"]).all()
     assert int(f["num_images"]) == NUM_TRAIN
@@ -262,9 +292,9 @@ def test_sample_attribute_vectors(conditional_workdir, tmp_path):
   # Rows: inputs, reconstructions, then one per attribute; 4 columns.
   assert grid.mode == "RGB" and grid.size == (4 * 18 + 2, (2 + 18) * 18 + 2)
   # Reusing the saved vectors gives the same picture.
-  sample.run(conditional_workdir, out2,
-             attribute_vectors=os.path.join(out1, sample.ATTRIBUTE_VECTORS_FILE), **kw)
+  sampling_outputs.write_samples(conditional_workdir, out2,
+             attribute_vectors=os.path.join(out1, sampling_outputs.ATTRIBUTE_VECTORS_FILE), **kw)
   with open(os.path.join(out1, "attributes.png"), "rb") as a, \
        open(os.path.join(out2, "attributes.png"), "rb") as b:
     assert a.read() == b.read()
-  assert sample.ATTRIBUTE_VECTORS_FILE not in os.listdir(out2)
+  assert sampling_outputs.ATTRIBUTE_VECTORS_FILE not in os.listdir(out2)

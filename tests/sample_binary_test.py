@@ -1,8 +1,10 @@
-"""The sampling binary (experiments/sample.py) on a tiny trained checkpoint.
+"""The sampling binary (experiments/sample.py) and its library call on a tiny checkpoint.
 
 One tiny VAE-GAN is trained for 4 steps on the embedded digits (16x16x1) with
 ``train.train_and_evaluate``; the binary then runs as a subprocess (flag
-parsing, exit status) and in-process through ``sample.run`` (cheaper). Other
+parsing, exit status), and the library call it makes,
+``sampling_outputs.write_samples``, in-process (cheaper): both must write the
+same files, byte for byte. Other
 checkpoints (a 'gan', a conditional model, missing data) are derived from that
 one by editing its state or config: compiling another model would be slow.
 """
@@ -18,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import sample
 from experiments.configs import tiny
 from vaegan_jax import checkpoint
 from vaegan_jax import image_grid
 from vaegan_jax import input_pipeline
 from vaegan_jax import sampling
+from vaegan_jax import sampling_outputs
 from vaegan_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +97,7 @@ def test_outputs_shapes_content_and_determinism(workdir, tmp_path):
                          *(f"--{k}={v}" for k, v in FLAGS.items()))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(out1)) == sorted(OUTPUTS)
-  written = sample.run(workdir, out2, **FLAGS)
+  written = sampling_outputs.write_samples(workdir, out2, **FLAGS)
   assert sorted(written) == sorted(OUTPUTS)
   # Fixed seed -> identical files, byte for byte, across processes.
   for name in OUTPUTS:
@@ -138,7 +140,7 @@ def test_outputs_shapes_content_and_determinism(workdir, tmp_path):
   assert not np.allclose(codes["reconstructions"], mu, atol=1e-4)
 
   # --use_mean and --temperature: codes are mu, paths join mu's, z scales.
-  sample.run(workdir, out3, use_mean=True, temperature=0.5, interpolation="linear", **FLAGS)
+  sampling_outputs.write_samples(workdir, out3, use_mean=True, temperature=0.5, interpolation="linear", **FLAGS)
   np.testing.assert_allclose(np.load(os.path.join(out3, "reconstructions_z.npy")), mu,
                              atol=1e-5)
   path = np.load(os.path.join(out3, "interpolations_z.npy"))
@@ -147,6 +149,36 @@ def test_outputs_shapes_content_and_determinism(workdir, tmp_path):
   np.testing.assert_allclose(path[:, 2], 0.5 * (mu[:PATHS] + mu[PATHS:2 * PATHS]), atol=1e-5)
   np.testing.assert_allclose(np.load(os.path.join(out3, "samples_z.npy")),
                              0.5 * codes["samples"], rtol=1e-6)
+
+
+def test_library_arrays_from_a_workdir_or_a_sampler_and_nothing_written(workdir, tmp_path):
+  """A notebook: ``sample_outputs`` gives the binary's files as arrays, from the
+  workdir or from a Sampler already in memory, and writes nothing;
+  ``write_outputs`` then writes what ``write_samples`` writes in one call."""
+  from_workdir = sampling_outputs.sample_outputs(workdir, **FLAGS)
+  sampler = sampling.Sampler.from_workdir(workdir)
+  from_sampler = sampling_outputs.sample_outputs(sampler, **FLAGS)
+  assert os.listdir(tmp_path) == []
+  assert from_workdir.step == from_sampler.step == 4
+  assert sorted(from_workdir.files) == sorted(from_sampler.files) == sorted(OUTPUTS)
+  for name in OUTPUTS:
+    np.testing.assert_array_equal(from_workdir.files[name], from_sampler.files[name])
+  assert from_workdir.files["samples_z.npy"].shape == (NUM, Z)
+  assert from_workdir.files["samples.png"].dtype == np.uint8
+  out_a, out_b = str(tmp_path / "a"), str(tmp_path / "b")
+  written = sampling_outputs.write_outputs(from_sampler, out_a)
+  assert written == {n: os.path.join(out_a, n) for n in OUTPUTS}
+  sampling_outputs.write_samples(workdir, out_b, **FLAGS)
+  for name in OUTPUTS:
+    with open(os.path.join(out_a, name), "rb") as a, open(os.path.join(out_b, name), "rb") as b:
+      assert a.read() == b.read(), name
+  # A Sampler must know its config; it holds one step.
+  state, _ = checkpoint.restore_for_inference(workdir)
+  bare = sampling.Sampler(sampler.arch, state.params, state.batch_stats)
+  with pytest.raises(sampling_outputs.SampleError, match="no config"):
+    sampling_outputs.sample_outputs(bare)
+  with pytest.raises(sampling_outputs.SampleError, match="holds step 4"):
+    sampling_outputs.sample_outputs(sampler, step=2)
 
 
 def test_bad_workdir_one_line_error(tmp_path):
@@ -162,10 +194,10 @@ def test_bad_workdir_one_line_error(tmp_path):
 def test_user_errors_write_nothing(workdir, tmp_path):
   out = tmp_path / "out"
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint for step 7"):
-    sample.run(workdir, str(out), step=7)
+    sampling_outputs.write_samples(workdir, str(out), step=7)
   # --attributes on a dataset without attributes fails before decoding.
-  with pytest.raises(sample.SampleError, match="'digits' has none"):
-    sample.run(workdir, str(out), attributes=True)
+  with pytest.raises(sampling_outputs.SampleError, match="'digits' has none"):
+    sampling_outputs.write_samples(workdir, str(out), attributes=True)
   # A checkpoint whose saved config no longer matches its state.
   bad = str(tmp_path / "bad")
   shutil.copytree(workdir, bad)
@@ -176,24 +208,24 @@ def test_user_errors_write_nothing(workdir, tmp_path):
   with open(meta, "w") as f:
     json.dump(saved, f)
   with pytest.raises(checkpoint.CheckpointError, match="does not match") as e:
-    sample.run(bad, str(out))
+    sampling_outputs.write_samples(bad, str(out))
   assert "\n" not in str(e.value)
   # A conditional checkpoint whose data have no attributes (a config-only
   # check: it fires before the arrays are read).
   cond = str(tmp_path / "cond")
   _derived_checkpoint(workdir, cond, **{"model.num_attributes": 3})
-  with pytest.raises(sample.SampleError, match="conditional on 3 attributes"):
-    sample.run(cond, str(out))
+  with pytest.raises(sampling_outputs.SampleError, match="conditional on 3 attributes"):
+    sampling_outputs.write_samples(cond, str(out))
   # Data that went missing since training (one DataError line).
   folder = str(tmp_path / "folder")
   _derived_checkpoint(workdir, folder, **{"data.name": "folder",
                                           "data.folder": str(tmp_path / "gone")})
   with pytest.raises(input_pipeline.DataError, match="does not exist"):
-    sample.run(folder, str(out))
+    sampling_outputs.write_samples(folder, str(out))
   # Attribute vectors of another model.
   np.savez(str(tmp_path / "v.npz"), vectors=np.zeros((2, Z + 1)), names=np.array(["a", "b"]))
-  with pytest.raises(sample.SampleError, match="another model"):
-    sample.load_attribute_vectors(str(tmp_path / "v.npz"), Z)
+  with pytest.raises(sampling_outputs.SampleError, match="another model"):
+    sampling_outputs.load_attribute_vectors(str(tmp_path / "v.npz"), Z)
   assert not out.exists()
 
 
@@ -201,7 +233,7 @@ def test_gan_kind_skips_reconstructions(workdir, tmp_path, caplog):
   wd, out = str(tmp_path / "gan"), str(tmp_path / "out")
   _derived_checkpoint(workdir, wd, drop=("encoder",), kind="gan")
   with caplog.at_level(logging.INFO):
-    written = sample.run(wd, out, **FLAGS)
+    written = sampling_outputs.write_samples(wd, out, **FLAGS)
   assert sorted(written) == ["interpolations.png", "interpolations_z.npy", "samples.png",
                              "samples_z.npy"]
   assert "no encoder: skipping reconstructions" in caplog.text
@@ -209,13 +241,13 @@ def test_gan_kind_skips_reconstructions(workdir, tmp_path, caplog):
   assert path.shape == (PATHS, STEPS, Z)
   # Between prior samples: endpoints are N(0, I) draws, distinct per path.
   assert np.abs(path[:, 0] - path[:, -1]).min() > 0
-  with pytest.raises(sample.SampleError, match="needs an encoder"):
-    sample.run(wd, str(tmp_path / "out2"), attributes=True)
+  with pytest.raises(sampling_outputs.SampleError, match="needs an encoder"):
+    sampling_outputs.write_samples(wd, str(tmp_path / "out2"), attributes=True)
 
 
 def test_save_images_writes_each_image_and_an_array(workdir, tmp_path):
   out = str(tmp_path / "out")
-  written = sample.run(workdir, out, num=5, seed=SEED, save_images=True)
+  written = sampling_outputs.write_samples(workdir, out, num=5, seed=SEED, save_images=True)
   arr = np.load(os.path.join(out, "samples.npy"))
   grid_z = np.load(os.path.join(out, "samples_z.npy"))
   assert arr.shape[0] == grid_z.shape[0] == 5 and arr.dtype == np.float32

@@ -5,6 +5,8 @@
                 classifier; the cache
   inception.py  the FID Inception-v3 in Flax (weights converted once from pytorch-fid's)
   evaluator.py  samples, held-out reconstructions, the real reference: one JSON report
+  attributes.py attribute-conditional generators scored by an attribute classifier
+                (the paper's Sec. 5.3; ``experiments/evaluate_attributes.py``)
 
 From Python::
 
@@ -13,9 +15,12 @@ From Python::
   report = evaluation.evaluate_state(state, config, num=10_000, extractor=extractor)
   scores = evaluation.evaluate_sampler(sampler, config.data, extractor, num=5_000)
   scores = evaluation.evaluate_images(real_images, fake_images, extractor)
+  result = evaluation.evaluate_attributes(cond_workdirs, classifier_workdir, outdir)
 """
 
+from vaegan_jax.evaluation import attributes
 from vaegan_jax.evaluation import metrics
+from vaegan_jax.evaluation.attributes import evaluate_attributes
 from vaegan_jax.evaluation.evaluator import evaluate_checkpoint
 from vaegan_jax.evaluation.evaluator import evaluate_images
 from vaegan_jax.evaluation.evaluator import evaluate_sampler
