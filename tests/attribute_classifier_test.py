@@ -27,14 +27,14 @@ from experiments.configs import attribute_classifier as clf_configs
 from experiments.configs import tiny
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
 from vaegan_jax import train
 from vaegan_jax.evaluation import attributes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ATTRS = list(input_pipeline.CELEBA_ATTRIBUTE_NAMES)
+ATTRS = list(data_lib.CELEBA_ATTRIBUTE_NAMES)
 PLANTED = ATTRS.index("Smiling")
 NUM_TRAIN, NUM_TEST, SIZE = 32, 16, 16
 

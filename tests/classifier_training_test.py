@@ -23,7 +23,7 @@ from absl import logging
 from experiments.configs import tiny
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data as data_lib
 from vaegan_jax import workdir_lock
 from vaegan_jax.evaluation import features
 
@@ -32,7 +32,7 @@ TOTAL, EVERY = 12, 4
 
 def _config(**kw):
   data = tiny.get_config().data
-  c = features.classifier_config(data, input_pipeline.validate(data))
+  c = features.classifier_config(data, data_lib.validate(data))
   c.model.update(dict(first=8, widths=(8, 16, 16), dense=16, conv_impl="xla"))
   c.batch_size = 16
   c.num_train_steps = TOTAL

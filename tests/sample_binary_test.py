@@ -23,7 +23,7 @@ from PIL import Image
 from experiments.configs import tiny
 from vaegan_jax import checkpoint
 from vaegan_jax import image_grid
-from vaegan_jax import input_pipeline
+from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
 from vaegan_jax import train
@@ -220,7 +220,7 @@ def test_user_errors_write_nothing(workdir, tmp_path):
   folder = str(tmp_path / "folder")
   _derived_checkpoint(workdir, folder, **{"data.name": "folder",
                                           "data.folder": str(tmp_path / "gone")})
-  with pytest.raises(input_pipeline.DataError, match="does not exist"):
+  with pytest.raises(data_lib.DataError, match="does not exist"):
     sampling_outputs.write_samples(folder, str(out))
   # Attribute vectors of another model.
   np.savez(str(tmp_path / "v.npz"), vectors=np.zeros((2, Z + 1)), names=np.array(["a", "b"]))

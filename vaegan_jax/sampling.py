@@ -26,7 +26,7 @@ and, on CelebA, the paper's attribute vectors::
   z_ds, attrs = encode_dataset(
       sampler, dataset_batches(sampler.config.data, 'train', 256, 10_000, seed=0),
       10_000)
-  names = input_pipeline.get_source(sampler.config.data, 'train').info.attribute_names
+  names = data.get_source(sampler.config.data, 'train').info.attribute_names
   av = attribute_vectors(z_ds, attrs[:, paper_attribute_indices(names)],
                          names=PAPER_ATTRIBUTES)
   smiling = sampler.decode(apply_attribute(z, av, PAPER_ATTRIBUTES.index('Smiling')))
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 from vaegan_jax import models
 
 Array = jax.Array
@@ -175,7 +175,7 @@ class Sampler:
     dtype = np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(f'Images must be floats in [-1, 1], got {dtype}; convert uint8 with '
-                       'x / 127.5 - 1 (or use input_pipeline.preprocess).')
+                       'x / 127.5 - 1 (or use data.preprocess).')
     lo, hi = float(jnp.min(x)), float(jnp.max(x))
     if lo < -1.01 or hi > 1.01:
       raise ValueError(f'Images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; '
@@ -478,7 +478,7 @@ def encode_dataset(sampler: Sampler, batches: Iterable[Any], max_examples: int, 
   """Encodes up to ``max_examples`` images from an iterable of batches.
 
   Stops as soon as ``max_examples`` are encoded, without pulling another
-  batch, so an infinite ``input_pipeline.batch_iterator`` is fine (but see
+  batch, so an infinite ``data.batch_iterator`` is fine (but see
   ``dataset_batches`` for a finite pass without repeats).
 
   Args:
@@ -533,7 +533,7 @@ def dataset_batches(data_config: Any, split: str, batch_size: int, max_examples:
   order, or, with ``seed``, a uniformly random subset (paper Sec. 5.2 uses
   10,000 training images).
   """
-  source = input_pipeline.get_source(data_config, split)
+  source = data.get_source(data_config, split)
   n = min(int(max_examples), len(source))
   if seed is None:
     order = np.arange(n)
@@ -543,5 +543,5 @@ def dataset_batches(data_config: Any, split: str, batch_size: int, max_examples:
     idx = order[start:start + int(batch_size)]
     # flip=all False: attribute vectors should see the images as they are,
     # whatever data.hflip says for training.
-    yield input_pipeline.preprocess(source.get(idx), data_config,
+    yield data.preprocess(source.get(idx), data_config,
                                     flip=np.zeros(len(idx), bool))

@@ -29,7 +29,6 @@ import functools
 import math
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 from vaegan_jax import metric_writer
 from vaegan_jax import models
 from vaegan_jax import parallel
@@ -67,7 +66,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 # Errors that the binary reports as one line, without a traceback.
-USER_ERRORS = (ConfigError, input_pipeline.DataError, checkpoint.CheckpointError,
+USER_ERRORS = (ConfigError, data.DataError, checkpoint.CheckpointError,
                NonFiniteLossError, eval_features.FeatureError,
                workdir_lock.WorkdirLockedError, DiskFullError)
 
@@ -83,11 +82,11 @@ RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_ev
                   "model.conv_impl", "data.data_dir", "data.manual_dir")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+def validate_config(config: ml_collections.ConfigDict) -> data.DatasetInfo:
   """All checks that can fail, before anything compiles. Raises ConfigError/DataError."""
   try:
     return _validate(config)
-  except input_pipeline.DataError:
+  except data.DataError:
     raise
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise ConfigError(str(e).strip().splitlines()[0]) from e
@@ -127,7 +126,7 @@ def _validate(config):
         f"data is {config.data.image_size}x{config.data.image_size}x{config.data.channels} but "
         f"the model expects {arch.image_size}x{arch.image_size}x{arch.channels}; set "
         "--config.data.image_size/channels and --config.model.image_size/channels alike.")
-  info = input_pipeline.validate(config.data)
+  info = data.validate(config.data)
   if config.batch_size > info.num_examples:
     raise ValueError(
         f"batch_size={config.batch_size} is larger than the {info.num_examples} examples of "
@@ -333,11 +332,12 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   arch = models.Architecture.from_config(config.model)
   keys = ("image", "attributes") if arch.num_attributes else ("image",)
-  batches = input_pipeline.batch_iterator(
+  host_batches = data.batch_iterator(
       config.data, config.data.train_split, config.batch_size, seed=config.seed,
       start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  batches = parallel.prefetch_to_device(({k: b[k] for k in keys} for b in batches))
+      process_count=jax.process_count(),
+      worker_processes=config.data.get("worker_processes", 0))
+  batches = parallel.prefetch_to_device(({k: b[k] for k in keys} for b in host_batches))
   n = int(np.sqrt(config.num_sample_images))
   z_fixed = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n * n, arch.z_dim))
   eval_batch = _eval_batch(config, n * n)
@@ -409,6 +409,7 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
           f"checkpoint, {kept}, is kept: free space and rerun to resume") from e
     raise
   finally:
+    host_batches.close()  # Stops the input workers (threads or processes).
     try:
       writer.close()
     except OSError as e:
@@ -456,7 +457,7 @@ def _evaluate(writer, workdir, state, config, extractor, no_features) -> None:
 
 def _eval_batch(config, num: int) -> dict:
   """A fixed batch of held-out images (first ``num`` of the eval split) for grids."""
-  it = input_pipeline.batch_iterator(config.data, config.data.eval_split, num,
+  it = data.batch_iterator(config.data, config.data.eval_split, num,
                                      seed=0, shuffle=False, drop_remainder=False)
   batch = next(iter(it))
   close = getattr(it, "close", None)

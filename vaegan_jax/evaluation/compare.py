@@ -36,7 +36,7 @@ from absl import logging
 
 from vaegan_jax import checkpoint
 from vaegan_jax import image_grid
-from vaegan_jax import input_pipeline
+from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax.evaluation import evaluator
@@ -208,7 +208,7 @@ def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int =
              "seeds": int(seeds), "num": int(num), "batch_size": int(base.batch_size),
              "real_sharpness": real_sharp, "runs": {}, "cond_runs": {}}
   figures = {}
-  if conditional_kinds and not input_pipeline.validate(data).num_classes:
+  if conditional_kinds and not data_lib.validate(data).num_classes:
     # Class-conditional needs class labels; CelebA's attribute-conditional
     # Table 1 is experiments.evaluate_attributes (README).
     logging.warning("%s has no class labels: skipping the conditional models %s.", data.name,

@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from vaegan_jax import checkpoint
-from vaegan_jax import input_pipeline
+from vaegan_jax import data as data_lib
 from vaegan_jax import losses
 from vaegan_jax import models
 from vaegan_jax import sampling
@@ -58,7 +58,7 @@ KID_SUBSET_SIZE = 1000
 
 
 def _split_size(data_config: Any, split: str) -> int:
-  return len(input_pipeline.get_source(data_config, split))
+  return len(data_lib.get_source(data_config, split))
 
 
 def load_images(data_config: Any, split: str, num: int) -> dict[str, np.ndarray]:
@@ -88,7 +88,7 @@ def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split
   key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
                           'n': n, 'features': extractor.name, 'weights': extractor.fingerprint})
   path = os.path.join(feats_lib.cache_dir(), 'real_features',
-                      f'{input_pipeline.config_value(data_config, "name")}_{split}_{n}_{key}.npz')
+                      f'{data_lib.config_value(data_config, "name")}_{split}_{n}_{key}.npz')
   if use_cache and os.path.exists(path):
     try:
       with np.load(path) as f:
@@ -511,4 +511,4 @@ def _newest_readable_config(workdir: str, steps: list[int]) -> Any:
       'config; train again or use another --workdir.')
 
 
-USER_ERRORS = (checkpoint.CheckpointError, input_pipeline.DataError, feats_lib.FeatureError)
+USER_ERRORS = (checkpoint.CheckpointError, data_lib.DataError, feats_lib.FeatureError)

@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 
 from vaegan_jax import attribute_classifier as ac
-from vaegan_jax import input_pipeline
+from vaegan_jax import data
 
 FEATURE_KINDS = ('auto', 'inception', 'classifier')
 INCEPTION_ENV = 'VAEGAN_INCEPTION_WEIGHTS'
@@ -105,7 +105,7 @@ def data_fingerprint(data_config: Any) -> dict:
   """The data fields that decide what images a split holds, after preprocessing."""
   keys = ('name', 'image_size', 'channels', 'num_examples', 'data_dir', 'manual_dir', 'folder',
           'label_attributes')
-  return {k: input_pipeline.config_value(data_config, k) for k in keys}
+  return {k: data.config_value(data_config, k) for k in keys}
 
 
 @contextlib.contextmanager
@@ -124,7 +124,7 @@ def file_lock(path: str):
 # The in-project classifier.
 
 
-def classifier_config(data_config: Any, info: input_pipeline.DatasetInfo
+def classifier_config(data_config: Any, info: data.DatasetInfo
                       ) -> ml_collections.ConfigDict:
   """The classifier trained for evaluation on ``data_config``'s train split.
 
@@ -140,9 +140,9 @@ def classifier_config(data_config: Any, info: input_pipeline.DatasetInfo
   c.data = ml_collections.ConfigDict(dict(data_config))
   if 'label_attributes' in c.data:  # The same classifier for conditional runs.
     c.data.label_attributes = False
-  c.data.hflip = bool(input_pipeline.config_value(data_config, 'hflip', False))
-  c.data.train_split = input_pipeline.config_value(data_config, 'train_split', 'train')
-  c.data.eval_split = input_pipeline.config_value(data_config, 'eval_split', None) or ''
+  c.data.hflip = bool(data.config_value(data_config, 'hflip', False))
+  c.data.train_split = data.config_value(data_config, 'train_split', 'train')
+  c.data.eval_split = data.config_value(data_config, 'eval_split', None) or ''
   if info.name == 'digits':
     first, widths, dense, steps = 16, (32, 64, 64), 128, 200
   elif int(data_config.image_size) <= 32:
@@ -180,7 +180,7 @@ def classifier_features(data_config: Any, *, directory: Optional[str] = None
     directory: a classifier workdir (as ``train_attribute_classifier`` writes)
       to use instead of the cache; trained there if it holds none.
   """
-  info = input_pipeline.validate(data_config)
+  info = data.validate(data_config)
   if not info.num_classes and not info.attribute_names:
     raise FeatureError(f'Dataset {info.name!r} has neither class labels nor attributes, so '
                        'no classifier can be trained for features: pass --inception_weights '
@@ -312,7 +312,7 @@ def resolve(kind: str, data_config: Any, *, inception_weights: Optional[str] = N
   weights = check_request(kind, inception_weights)
   if weights:
     return inception_features(weights), ''
-  info = input_pipeline.validate(data_config)
+  info = data.validate(data_config)
   if info.num_classes or info.attribute_names:
     return classifier_features(data_config, directory=classifier_dir), ''
   why = (f'no FID/KID/precision/recall: dataset {info.name!r} has no labels to train a '
