@@ -64,16 +64,9 @@ from vaegan_jax import sampling_outputs
 
 FLAGS = flags.FLAGS
 
-# The binary's work under its old name, for scripts and tests that call it in-process.
-run = sampling_outputs.write_samples
-
 
 def _define_flags():
-  """Defines the flags, only when run as a program.
-
-  Tests import ``run`` next to other binaries that define flags of the same
-  names (``--workdir``), which absl would reject at import time.
-  """
+  """Defines the flags, only when run as a program (importing defines none)."""
   flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
   flags.DEFINE_string("outdir", None, "Where to write the PNGs and .npy/.npz files.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -21,9 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import sample
 from experiments.configs import tiny
 from vaegan_jax import checkpoint
+from vaegan_jax import sampling_outputs
 from vaegan_jax import train_step as ts
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
@@ -406,7 +406,7 @@ def test_sampler_skips_corrupt_newest_checkpoints_and_names_an_explicit_one(tmp_
   _damage(wd, 6, "flipped_bytes")
   _damage(wd, 4, "deleted_data_file")
   with caplog.at_level(logging.INFO):
-    written = sample.run(wd, out, num=4, num_interpolations=1, interpolation_steps=2)
+    written = sampling_outputs.write_samples(wd, out, num=4, num_interpolations=1, interpolation_steps=2)
   assert os.path.isfile(written["samples.png"])
   assert "falling back to checkpoint 4" in caplog.text
   assert "falling back to checkpoint 2" in caplog.text and "(checkpoint step 2)" in caplog.text
