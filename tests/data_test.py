@@ -530,3 +530,9 @@ def test_worker_processes_need_a_picklable_reader(monkeypatch):
   with pytest.raises(ip.DataError, match="worker_processes=0"):
     ip.batch_iterator(_config(), "train", 32, seed=0, worker_processes=2)
   next(ip.batch_iterator(_config(), "train", 32, seed=0))  # threads need no pickling
+
+
+def test_old_module_name_is_an_alias():
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  assert input_pipeline is ip
+  assert input_pipeline.batch_iterator is ip.batch_iterator
