@@ -267,8 +267,8 @@ def batch_iterator(data_config: Any, split: str, global_batch_size: int, *,
     ValueError: bad batch size / process arguments.
     DataError: data missing or misconfigured (raised here, not on first next).
   """
-  if seed < 0 or start_step < 0:
-    raise ValueError(f"seed and start_step must be >= 0, got {seed}, {start_step}.")
+  if start_step < 0:  # The seed is checked once, in batch_dataset.
+    raise ValueError(f"start_step must be >= 0, got {start_step}.")
   if worker_processes < 0:
     raise ValueError(f"worker_processes must be >= 0, got {worker_processes}.")
   ds = batch_dataset(data_config, split, global_batch_size, seed=seed,
