@@ -15,7 +15,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from vaegan_jax import cli
 from vaegan_jax.cpu import host_memory

@@ -292,6 +292,25 @@ def test_checkpoint_without_checksum_restores_with_a_warning(tmp_path, state, ca
   assert _steps_on_disk(wd) == ["3"]
 
 
+def test_keeps_the_newest_and_deletes_older_only_after_a_newer_save_completed(tmp_path, state):
+  wd = str(tmp_path)
+  _save(wd, state, [2, 4, 6, 8], keep=2)
+  assert _steps_on_disk(wd) == ["6", "8"]
+  # A delete that crashed half-way: never listed as a step, removed next time.
+  os.makedirs(os.path.join(checkpoint.checkpoint_dir(wd), ".deleting-4", "state"))
+  mngr = checkpoint.manager(wd, keep=1)
+  assert sorted(mngr.all_steps()) == [6, 8]
+  checkpoint.save(mngr, _at(state, 10), _config())
+  # keep=1: the confirmed 8 stays while 10 is in flight (10 may yet fail).
+  on_disk = _steps_on_disk(wd)
+  assert "8" in on_disk and "6" not in on_disk and ".deleting-4" not in on_disk, on_disk
+  checkpoint.finish(mngr)
+  assert _steps_on_disk(wd) == ["10"]
+  restored = checkpoint.restore_latest(wd, _template(), quarantine=True)
+  assert restored.step == 10
+  _assert_same(restored.state, _at(state, 10))
+
+
 # ----------------------------------------------------------------------------
 # Failed saves.
 
@@ -308,6 +327,14 @@ def _fail_integrity_writes(monkeypatch):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
     return await real(self, x, directory)
   monkeypatch.setattr(handler, "_save_fn", save_fn)
+  # Orbax's finalize thread comes late, as on a loaded machine: a caller that
+  # takes the write error first must not let it finalize (and prune) anyway.
+  wait = getattr(ocp.CheckpointManager, "_wait_for_checkpointers", None)
+  if wait is not None:
+    def late_wait(self):
+      time.sleep(0.5)
+      return wait(self)
+    monkeypatch.setattr(ocp.CheckpointManager, "_wait_for_checkpointers", late_wait)
 
 
 def _check_write_error(wd, e, step, previous):

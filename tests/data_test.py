@@ -5,9 +5,7 @@ into tmp_path; mnist/cifar10 use ``tfds.testing.mock_data`` (which works with
 ``tfds.data_source`` without TensorFlow).
 """
 
-import io
 import os
-import zipfile
 
 import ml_collections
 import numpy as np

@@ -22,6 +22,13 @@ topology (a GPU, 8 CPU devices) restores on any other.
 
 Failed background saves (a full disk) surface as ``CheckpointWriteError`` from
 ``save`` (the previous save's failure), ``check_saves`` and ``finish``.
+
+Old checkpoints are deleted here, not by Orbax: only the newest ``keep`` are
+kept, and an older one is deleted only once a newer save is confirmed complete
+(at the next ``save`` or at ``finish``). Orbax's own ``max_to_keep`` deletes in
+its finalize thread, which goes on to delete even when the commit failed if any
+other caller has already taken the checkpointer's error (Orbax 0.12): a failed
+save could then leave no checkpoint at all.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import json
 import logging as py_logging
 import os
 import re
+import shutil
 import sys
 import weakref
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
@@ -88,12 +96,51 @@ def quarantine_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints_bad")
 
 
+# How many checkpoints each writing manager keeps (see the module docstring).
+_keep: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
+_DELETING = ".deleting-"
+
+
 def manager(workdir: str, *, keep: int = 3, read_only: bool = False,
             async_save: bool = True) -> ocp.CheckpointManager:
+  """An Orbax manager of ``workdir/checkpoints``; ``save`` and ``finish`` keep the newest ``keep``."""
+  if not read_only and int(keep) < 1:
+    raise ValueError(f"keep_checkpoints must be an integer >= 1, got {keep!r}; "
+                     "set --config.keep_checkpoints=1 or more.")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only,
+      max_to_keep=None, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  mngr = ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  if not read_only:
+    _keep[mngr] = int(keep)
+  return mngr
+
+
+def _prune(mngr: ocp.CheckpointManager) -> None:
+  """Deletes all but the newest ``keep`` complete checkpoints (the primary process deletes).
+
+  Call only when no save is in flight and the last one is confirmed. A step
+  directory is first renamed out of the step namespace, so a crash mid-delete
+  leaves a ``.deleting-<step>`` directory (removed next time), never a
+  half-deleted checkpoint that lists as a step.
+  """
+  keep = _keep.get(mngr)
+  if keep is None:
+    return
+  mngr.reload()
+  old = sorted(mngr.all_steps())[:-keep]
+  if jax.process_index() == 0:
+    root = str(mngr.directory)
+    for step in old:
+      trash = os.path.join(root, f"{_DELETING}{step}")
+      if os.path.lexists(trash):
+        shutil.rmtree(trash, ignore_errors=True)
+      os.rename(_step_dir(mngr, step), trash)
+    for name in os.listdir(root):
+      if name.startswith(_DELETING):
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  if old:
+    mngr.reload()
 
 
 # ----------------------------------------------------------------------------
@@ -169,6 +216,7 @@ def save(mngr: ocp.CheckpointManager, state: ts.TrainState, config) -> None:
     CheckpointWriteError: the previous save failed, or this one failed to start.
   """
   _surface_errors(mngr, block=True)  # Orbax's save() would raise the previous failure raw.
+  _prune(mngr)  # The previous save is confirmed; only now may older ones go.
   # An owned host copy: the checksum reads it, Orbax writes it while training
   # goes on, and numpy (unlike device arrays) restores on any device topology.
   host = jax.tree.map(np.array, state)
@@ -212,6 +260,8 @@ def finish(mngr: ocp.CheckpointManager, *, quiet: bool = False) -> None:
       raise
     logging.error("%s", e)
     return
+  if not quiet:  # On an error path other processes may not get here.
+    _prune(mngr)
   mngr.close()
 
 
@@ -228,11 +278,11 @@ def _surface_errors(mngr: ocp.CheckpointManager, *, block: bool) -> None:
   ``check_for_errors()`` misses it; ``wait_until_finished()`` re-raises it
   (once) as whatever TensorStore raised (a ValueError 'RESOURCE_EXHAUSTED ...
   [os_error_code=28]', not an OSError), and ``save()`` raises it too because it
-  waits first. So: check, then wait when the save is over (or when blocking).
+  waits first. So: wait when the save is over (or when blocking). Never call
+  ``mngr.check_for_errors()``: taking the error before the finalize thread does
+  lets that thread finalize the failed step as if it had succeeded.
   """
   try:
-    if hasattr(mngr, "check_for_errors"):
-      mngr.check_for_errors()
     if block or not _saving(mngr):
       mngr.wait_until_finished()
       _pending.pop(mngr, None)
