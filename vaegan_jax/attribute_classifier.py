@@ -60,7 +60,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
@@ -574,7 +573,8 @@ def _train(config, root: str, info, stop: trainer_utils.StopRequest) -> Classifi
                                           int(config.batch_size), seed=int(config.seed),
                                           start_step=start)
   in_flight = trainer_utils.InFlight()
-  window, t_log, step_log, saved = [], time.time(), start, start
+  window, saved = [], start
+  progress = trainer_utils.Progress(start, total, int(config.batch_size))
   logging.info('Training the classifier (%s) from step %d to %d, batch %d, on %s split %r; '
                'outputs in %s.', arch.labels, start, total, int(config.batch_size), info.name,
                config.data.train_split, root)
@@ -593,8 +593,7 @@ def _train(config, root: str, info, stop: trainer_utils.StopRequest) -> Classifi
       s += 1
       if s == start + 1:  # Rates count from here: compiling is not training.
         jax.block_until_ready(metrics)
-        logging.info('Compiled and ran classifier step %d in %.1f s.', s, time.time() - t_log)
-        t_log, step_log = time.time(), s
+        progress.compiled(s, 'classifier step')
       in_flight.add(metrics)
       window.append(metrics)
       if s % config.log_every == 0 or s == total:
@@ -602,15 +601,10 @@ def _train(config, root: str, info, stop: trainer_utils.StopRequest) -> Classifi
         if not np.isfinite(means['loss']):
           raise _diverged(s, 'loss')
         checkpoint.check_saves(mngr)
-        text = f"classifier loss={means['loss']:.4g} accuracy={means['accuracy']:.4g}"
-        dt = time.time() - t_log
-        if s > step_log:
-          ips = (s - step_log) * int(config.batch_size) / max(dt, 1e-9)
-          eta = (total - s) * dt / (s - step_log)
-          means['images_per_sec'] = ips
-          text += f' | {ips:.0f} img/s, ETA {eta / 60:.1f} min'
-        writer.write_scalars(s, means, text)
-        window, t_log, step_log = [], time.time(), s
+        rate, rate_text = progress.window(s)
+        text = f"classifier loss={means['loss']:.4g} accuracy={means['accuracy']:.4g} {rate_text}"
+        writer.write_scalars(s, {**means, **rate}, text.rstrip())
+        window = []
       if eval_split and (s % config.eval_every == 0 or s == total) and not stop.requested:
         n_eval = int(config.get('num_eval_examples', 2000)) or 2 ** 62  # 0: whole split
         result = evaluate(make(state),

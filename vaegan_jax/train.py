@@ -28,7 +28,6 @@ import errno
 import functools
 import math
 import os
-import time
 
 import jax
 import ml_collections
@@ -344,8 +343,9 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   step_fn = ts.make_pmapped_step(config)
   rstate = parallel.replicate(state)
   del state
-  window, t_log, step_log = [], time.time(), start
+  window = []
   total = config.num_train_steps
+  progress = trainer_utils.Progress(start, total, config.batch_size)
   in_flight = trainer_utils.InFlight()
   pending = None  # host state of a checkpoint step, saved once the next loss is finite
   s = start
@@ -355,8 +355,7 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       s += 1
       if s == start + 1:  # Rates and ETAs count from here: compiling is not training.
         jax.block_until_ready(metrics)
-        logging.info("Compiled and ran step %d in %.1f s.", s, time.time() - t_log)
-        t_log, step_log = time.time(), s
+        progress.compiled(s)
       in_flight.add(metrics)
       window.append(metrics)
       if pending is not None:  # step s's loss came from the pending state
@@ -370,15 +369,9 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
         _check_finite(rstate)
         checkpoint.check_saves(mngr)
         means = _window_means(window)  # waits for the window's last step
-        dt = time.time() - t_log
-        if s > step_log:
-          ips = (s - step_log) * config.batch_size / max(dt, 1e-9)
-          eta = (total - s) * dt / (s - step_log)
-          writer.write_scalars(s, {**means, "images_per_sec": ips},
-                               f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min")
-        else:  # Only the compiling step so far: no rate to show.
-          writer.write_scalars(s, means)
-        window, t_log, step_log = [], time.time(), s
+        rate, text = progress.window(s)  # nothing for the compiling step alone
+        writer.write_scalars(s, {**means, **rate}, text)
+        window = []
       if is_chief and (s % config.sample_every == 0 or s == total):
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)
       if is_chief and _eval_due(config, s, total) and not stop.requested:

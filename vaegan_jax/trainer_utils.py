@@ -1,9 +1,10 @@
-"""Pieces every training loop here shares: preemption and a bound on steps in flight.
+"""Pieces every training loop here shares: preemption, steps in flight, progress.
 
 ``train.py`` (the VAE-GAN) and ``attribute_classifier.py`` (the Sec. 5.3 and
 evaluation-feature classifier) both stop cleanly on SIGTERM/SIGINT through
 ``StopRequest`` and keep at most two steps in flight through ``InFlight``, so
-that a stop request waits for one step, not for hundreds dispatched ahead.
+that a stop request waits for one step, not for hundreds dispatched ahead;
+``Progress`` gives both their images/s and ETA.
 Checkpoints (``checkpoint.py``), metrics (``metric_writer.py``) and the one
 trainer per workdir lock (``workdir_lock.py``) are their own modules.
 """
@@ -110,3 +111,29 @@ class InFlight:
       if self._last_done is not None:
         self._step_s = now - self._last_done
       self._last_done = now
+
+
+class Progress:
+  """Images/s and the ETA of each log window; the compiling step does not count.
+
+  Both loops call ``compiled`` after their first step (blocked on) and
+  ``window`` at each log line; the rate covers the steps since the last call.
+  """
+
+  def __init__(self, start: int, total: int, batch_size: int):
+    self.total, self.batch_size = int(total), int(batch_size)
+    self._t, self._step = time.time(), int(start)
+
+  def compiled(self, step: int, what: str = "step") -> None:
+    logging.info("Compiled and ran %s %d in %.1f s.", what, step, time.time() - self._t)
+    self._t, self._step = time.time(), int(step)
+
+  def window(self, step: int) -> tuple[dict, str]:
+    """({'images_per_sec': r}, '| r img/s, ETA m min'), or ({}, '') for the compiling step alone."""
+    dt, done = time.time() - self._t, int(step) - self._step
+    self._t, self._step = time.time(), int(step)
+    if done <= 0:
+      return {}, ""
+    ips = done * self.batch_size / max(dt, 1e-9)
+    eta = (self.total - step) * dt / done
+    return {"images_per_sec": ips}, f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min"

@@ -1,0 +1,19 @@
+"""trainer_utils.Progress: the rate and ETA of each log window, without the compiling step."""
+
+from vaegan_jax import trainer_utils
+
+
+def test_progress_rates_exclude_compiling_and_reset_each_window(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(trainer_utils.time, "time", lambda: clock[0])
+  p = trainer_utils.Progress(start=10, total=110, batch_size=4)
+  clock[0] += 30.0  # Compiling step 11: not part of any rate.
+  p.compiled(11)
+  assert p.window(11) == ({}, "")  # Only the compiling step so far.
+  clock[0] += 2.0  # Steps 12..21: 10 steps of 4 images in 2 s.
+  rate, text = p.window(21)
+  assert rate == {"images_per_sec": 20.0}
+  assert text == f"| 20 img/s, ETA {89 * 0.2 / 60:.1f} min"
+  clock[0] += 1.0  # Steps 22..26 in 1 s: the window restarts at 21.
+  rate, _ = p.window(26)
+  assert rate == {"images_per_sec": 20.0}
