@@ -58,6 +58,7 @@ def _inject(monkeypatch, at_step, action):
   monkeypatch.setattr(data, "batch_iterator", wrapped)
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_update_that_blows_up_on_a_checkpoint_step_is_not_saved(tmp_path):
   """Step 5's loss is finite but its update (lr 1e30) poisons the state; 5 is a
   checkpoint step. The state may only be saved once a loss computed from it is
@@ -128,6 +129,7 @@ def test_signal_saves_the_reported_step_and_returns(tmp_path, monkeypatch, caplo
   assert signal.getsignal(sig) is handler_before
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_resume_refuses_another_experiment_and_warns_on_other_changes(tmp_path, caplog):
   wd = str(tmp_path)
   train.train_and_evaluate(_config(num_train_steps=2), wd)

@@ -19,7 +19,7 @@ def _close(a, b, rtol, atol_frac):
     np.testing.assert_allclose(u, v, rtol=rtol, atol=atol_frac * np.abs(v).max() + 1e-30)
 
 
-@pytest.mark.parametrize("kind", ["vaegan", "vae"])
+@pytest.mark.parametrize("kind", ["vaegan", pytest.param("vae", marks=pytest.mark.slow)])
 def test_eight_devices_match_one_device(kind):
   assert jax.local_device_count() == 8, "conftest sets 8 CPU devices"
   c = tiny.get_config()

@@ -98,6 +98,7 @@ def _wait_for_checkpoint_step(wd, min_step, proc, timeout=300):
   raise TimeoutError("no checkpoints written")
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_sigterm_saves_and_exits_cleanly_then_kill9_leaves_restorable(tmp_path):
   wd = str(tmp_path)
   proc = _spawn(wd, "--config.checkpoint_every=50")
