@@ -200,7 +200,6 @@ def test_classifier_config_errors(celeba, tmp_path):
 # Conditional model, evaluation, attribute vectors.
 
 
-@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_conditional_model_uses_y(conditional_workdir):
   state, config = checkpoint.restore_for_inference(conditional_workdir)
   assert config.model.num_attributes == 40
@@ -213,7 +212,6 @@ def test_conditional_model_uses_y(conditional_workdir):
   assert np.abs(np.asarray(sampler.decode(z, y0) - sampler.decode(z, y1))).max() > 1e-3
 
 
-@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_evaluate_attributes_end_to_end(celeba, classifier_workdir, conditional_workdir,
                                         tmp_path):
   data, labels, _ = celeba

@@ -199,7 +199,6 @@ def test_a_second_trainer_on_the_directory_is_refused(tmp_path):
   assert not os.path.exists(checkpoint.checkpoint_dir(root))
 
 
-@pytest.mark.slow  # 15-45 s on 2 cores; CI runs it in the slow suite.
 def test_feature_classifier_stopped_by_a_signal_is_not_used(tmp_path, monkeypatch):
   """Evaluation trains the digits classifier on the fly: a SIGTERM during that
   training keeps its checkpoint and says to rerun, instead of scoring with a

@@ -131,14 +131,18 @@ def _prune(mngr: ocp.CheckpointManager) -> None:
   old = sorted(mngr.all_steps())[:-keep]
   if jax.process_index() == 0:
     root = str(mngr.directory)
-    for step in old:
-      trash = os.path.join(root, f"{_DELETING}{step}")
-      if os.path.lexists(trash):
-        shutil.rmtree(trash, ignore_errors=True)
-      os.rename(_step_dir(mngr, step), trash)
-    for name in os.listdir(root):
-      if name.startswith(_DELETING):
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    try:
+      for step in old:
+        trash = os.path.join(root, f"{_DELETING}{step}")
+        if os.path.lexists(trash):
+          shutil.rmtree(trash, ignore_errors=True)
+        os.rename(_step_dir(mngr, step), trash)
+      for name in os.listdir(root):
+        if name.startswith(_DELETING):
+          shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    except OSError as e:  # An extra old checkpoint is no reason to stop training.
+      logging.warning("Could not delete an old checkpoint in %s (%s); it is kept.", root,
+                      _first_line(e))
   if old:
     mngr.reload()
 
@@ -273,14 +277,14 @@ def _saving(mngr: ocp.CheckpointManager) -> bool:
 def _surface_errors(mngr: ocp.CheckpointManager, *, block: bool) -> None:
   """Re-raises a failed background save as CheckpointWriteError.
 
-  Orbax 0.12 keeps the error of an async save in its finalize thread: the
-  checkpointer's own error slot is emptied by that thread, so
-  ``check_for_errors()`` misses it; ``wait_until_finished()`` re-raises it
-  (once) as whatever TensorStore raised (a ValueError 'RESOURCE_EXHAUSTED ...
-  [os_error_code=28]', not an OSError), and ``save()`` raises it too because it
-  waits first. So: wait when the save is over (or when blocking). Never call
-  ``mngr.check_for_errors()``: taking the error before the finalize thread does
-  lets that thread finalize the failed step as if it had succeeded.
+  Orbax 0.12's finalize thread takes the commit's error from the
+  checkpointer's one-shot error slot and keeps it; ``wait_until_finished()``
+  re-raises it (once) as whatever TensorStore raised (a ValueError
+  'RESOURCE_EXHAUSTED ... [os_error_code=28]', not an OSError), and ``save()``
+  raises it too because it waits first. So this waits once the save is over
+  (or when blocking), and never calls ``mngr.check_for_errors()``: taking the
+  error from the slot before the finalize thread does lets that thread go on as
+  if the commit had succeeded.
   """
   try:
     if block or not _saving(mngr):
