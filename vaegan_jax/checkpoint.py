@@ -367,6 +367,8 @@ class _QuietIoTracebacks(py_logging.Filter):
     if record.exc_info and ("orbax" in record.pathname or record.name == "asyncio"):
       e = record.exc_info[1]
       if e is not None and (_io_cause(e) != (None, None) or _is_closed_loop_error(e)):
+        if record.name == "asyncio":
+          return False  # Its message repeats the whole exception; the error line said it.
         record.exc_info, record.exc_text = None, None
     return True
 
