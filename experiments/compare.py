@@ -2,6 +2,8 @@ r"""The paper's comparison (Figs. 3-4, Table 1): four models and the conditional
 
   python -m experiments.compare --outdir=/tmp/compare                  # digits, 3 seeds
   python -m experiments.compare --outdir=/tmp/compare --steps=20 --seeds=1   # a smoke run
+  python -m experiments.compare --outdir=/tmp/cmp_photos --config=photos --seeds=2 --steps=1500 \
+      --evaluations=6 --conditional_kinds=          # real photographs: the sharpness claims
   python -m experiments.compare --outdir=/tmp/celeba_cmp --config=experiments/configs/celeba_vaegan.py \
       --steps=62500 --features=inception --inception_weights=pt_inception.npz --conditional_kinds=
 
@@ -32,6 +34,8 @@ flags.DEFINE_list("kinds", ["vae", "vae_dis_l", "vaegan", "gan"], "Unconditional
 flags.DEFINE_list("conditional_kinds", ["gan", "vae", "vaegan"],
                   "Class-conditional models (y = one-hot class); empty for none.")
 flags.DEFINE_integer("num", 1000, "Samples and real images per evaluation.")
+flags.DEFINE_integer("evaluations", 4, "Points of seed 0's FID curve (a checkpoint every "
+                     "steps // evaluations steps).")
 flags.DEFINE_enum("features", "auto", ["auto", "inception", "classifier"], "Feature space.")
 flags.DEFINE_string("inception_weights", None, "The .npz of convert_inception_weights.py.")
 flags.mark_flags_as_required(["outdir"])
@@ -48,15 +52,16 @@ def main(argv):
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
   from vaegan_jax.evaluation import compare  # pylint: disable=g-import-not-at-top
   bad = [k for k in FLAGS.kinds + FLAGS.conditional_kinds if k not in compare.NAMES]
-  if bad or FLAGS.seeds < 1 or FLAGS.steps < 1:
-    print(f"error: need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1 and "
-          "--steps >= 1.", file=sys.stderr)
+  if bad or FLAGS.seeds < 1 or FLAGS.steps < 1 or not 1 <= FLAGS.evaluations <= FLAGS.steps:
+    print(f"error: need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1, "
+          "--steps >= 1 and 1 <= --evaluations <= --steps.", file=sys.stderr)
     sys.exit(2)
   try:
     compare.run_comparison(FLAGS.config, FLAGS.outdir, seeds=FLAGS.seeds, steps=FLAGS.steps,
                            kinds=FLAGS.kinds, conditional_kinds=FLAGS.conditional_kinds,
                            num=FLAGS.num, features=FLAGS.features,
-                           inception_weights=FLAGS.inception_weights)
+                           inception_weights=FLAGS.inception_weights,
+                           evaluations=FLAGS.evaluations)
   except train.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

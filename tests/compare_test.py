@@ -91,22 +91,55 @@ def _synthetic(vae_sharp, seeds=3):
     for s in range(seeds):
       final = {k: 0.5 for k, _, _, _ in compare.COLUMNS}
       final.update(fid=fid + 0.1 * s, recon_sharpness=sharp, sample_sharpness=sharp,
+                   recon_hf=sharp, sample_hf=sharp,
                    recon_mse=0.01 if kind == "vae" else 0.02)
       runs[f"{kind}_s{s}"] = {"kind": kind, "seed": s, "final": final, "curve": [final]}
   return {"dataset": "synthetic", "features": "f", "steps": 1, "seeds": seeds, "num": 2,
           "batch_size": 2, "total_wall_s": 60.0, "runs": runs, "cond_runs": {}}
 
 
+def _claim(claims, start):
+  found = [c for c in claims if c.startswith(start)]
+  assert len(found) == 1, (start, claims)
+  return found[0]
+
+
 def test_claims_follow_the_numbers_and_say_when_sharpness_cannot_test_them():
   blurry = compare.claims(_synthetic(vae_sharp=0.6))
-  assert blurry[0].startswith("Learned similarity") and "**holds**" in blurry[0]
-  assert all("**does not hold**" not in c for c in blurry)
+  assert _claim(blurry, "The VAE's reconstructions are blurrier than the real images").count(
+      "**holds**") == 1
+  assert "**holds**" in _claim(blurry, "... and blurrier than VAE_Dis_l's")
+  assert "**holds**" in _claim(blurry, "VAE-GAN's samples are sharper than the VAE's")
+  assert "**holds**" in _claim(blurry, "The pixel-wise VAE has the lowest pixel error")
+  assert all("**fails**" not in c for c in blurry)
   sharp = compare.claims(_synthetic(vae_sharp=1.6))  # VAE not blurrier than real data
   assert "**not testable on this data**" in sharp[0]
+  assert "**fails**" in _claim(sharp, "VAE-GAN's samples are sharper than the VAE's")
   worse = _synthetic(vae_sharp=0.6)
   for r in worse["runs"].values():
     if r["kind"] == "vaegan":
       r["final"]["fid"] = 20.0
   text = compare.report_markdown(worse)
-  assert "Adding the GAN term improves the samples over VAE_Dis_l: **does not hold**" in text
+  assert "Adding the GAN term improves the samples over VAE_Dis_l: **fails**" in text
   assert "| VAE-GAN | 20.00 ± 0.00 |" in text
+  # A difference smaller than the seed-to-seed spread is neither.
+  close = _synthetic(vae_sharp=0.6)
+  for r in close["runs"].values():
+    if r["kind"] == "vaegan":
+      r["final"]["fid"] = 10.05 + r["seed"]  # std 1 > |10.05 + 1 - 10.1|
+  assert "**within the seed spread**" in _claim(
+      compare.claims(close), "Adding the GAN term improves the samples over VAE_Dis_l")
+  # One measure says blurrier, the other not: the claim is mixed, not 'holds'.
+  mixed = _synthetic(vae_sharp=0.6)
+  for r in mixed["runs"].values():
+    if r["kind"] == "vae_dis_l":
+      r["final"]["recon_hf"] = 0.3
+  assert "**mixed**" in _claim(compare.claims(mixed), "... and blurrier than VAE_Dis_l's")
+
+
+def test_spectrum_bands_on_a_blur():
+  x = _images(n=32)
+  same = compare.spectrum_bands(x, x)
+  np.testing.assert_allclose(same, 1.0)
+  blurred = compare.spectrum_bands(ndimage.gaussian_filter(x, (0, 1.0, 1.0, 0)), x)
+  assert blurred == sorted(blurred, reverse=True) and blurred[-1] < 0.05 < blurred[0]

@@ -3,12 +3,14 @@
 FID against closed forms of the Fréchet distance of Gaussians and against
 scipy's sqrtm route written out here; KID against a direct O(n^2) numpy
 MMD^2; precision/recall on point clouds whose answer is known; the classifier
-scores and PSNR on cases computed by hand.
+scores and PSNR on cases computed by hand; the sharpness spectrum on white noise
+(flat, at its variance) and on Gaussian blurs (power times exp(-4 pi^2 sigma^2 f^2)).
 """
 
 import numpy as np
 import pytest
 import scipy.linalg
+from scipy import ndimage
 
 from vaegan_jax.evaluation import metrics
 
@@ -168,3 +170,67 @@ def test_pixel_metrics_by_hand():
   got = metrics.pixel_metrics(x, y)
   assert got["mse"] == pytest.approx((0.01 + 1e-4) / 2)
   assert got["psnr"] == pytest.approx(30.0)
+
+
+# ----------------------------------------------------------------------------
+# Sharpness: the radial power spectrum on closed forms.
+
+
+def _white_noise(n=300, size=64, std=0.2, seed=0):
+  """Images in [-1, 1] scale whose grey levels in [0, 1] have variance (std / 2)^2."""
+  return np.random.default_rng(seed).normal(0.0, std, (n, size, size, 1))
+
+
+@pytest.mark.parametrize("window", [None, "hann"])
+def test_white_noise_has_a_flat_spectrum_at_its_variance(window):
+  x = _white_noise()
+  freqs, power = metrics.radial_power_spectrum(x, window=window)
+  assert freqs[0] == pytest.approx(1 / 64) and freqs[-1] == pytest.approx(0.5)
+  np.testing.assert_allclose(power, 0.1 ** 2, rtol=0.08)  # grey std = 0.2 / 2
+  hf = metrics.high_frequency_energy(x, window=window)
+  assert hf.shape == (300,)
+  np.testing.assert_allclose(hf.mean(), 0.01, rtol=0.02)
+
+
+def test_gaussian_blur_attenuates_each_frequency_by_its_closed_form():
+  """A Gaussian blur of sigma px multiplies the power at |f| by exp(-4 pi^2 sigma^2 f^2)."""
+  sigma = 1.5
+  x = _white_noise()
+  blurred = ndimage.gaussian_filter(x, (0, sigma, sigma, 0), mode="wrap", truncate=8.0)
+  freqs, p = metrics.radial_power_spectrum(x, window=None)
+  _, pb = metrics.radial_power_spectrum(blurred, window=None)
+  want = np.exp(-4 * np.pi ** 2 * sigma ** 2 * freqs ** 2)
+  low = freqs <= 0.3  # above, the sampled kernel's aliasing is no longer negligible
+  np.testing.assert_allclose((pb / p)[low], want[low], rtol=0.1)
+  # The band's energy: the closed form averaged over the band's frequencies.
+  _, radius = metrics.power_spectrum(x[:1], window=None)
+  lo, hi = metrics.HIGH_FREQUENCY_BAND
+  band = radius[(radius >= lo) & (radius <= hi)]
+  closed = np.exp(-4 * np.pi ** 2 * sigma ** 2 * band ** 2).mean()
+  for window, tol in ((None, 0.02), ("hann", 0.15)):
+    ratio = (metrics.high_frequency_energy(blurred, window=window).mean() /
+             metrics.high_frequency_energy(x, window=window).mean())
+    np.testing.assert_allclose(ratio, closed, rtol=tol)
+  # More blur, less high-frequency energy; by both measures.
+  scores = [metrics.sharpness_metrics(ndimage.gaussian_filter(x, (0, s, s, 0), mode="wrap"))
+            for s in (0.5, 1.0, 2.0)]
+  for key in ("laplacian_variance", "hf_energy"):
+    values = [s[key] for s in scores]
+    assert values == sorted(values, reverse=True), (key, values)
+
+
+def test_sharpness_ratios_and_the_edge_window():
+  x = _white_noise(n=20)
+  ref = metrics.sharpness_metrics(x)
+  same = metrics.sharpness_metrics(x, ref)
+  assert same["sharpness_laplacian"] == pytest.approx(1.0)
+  assert same["sharpness_spectral"] == pytest.approx(1.0)
+  half = metrics.sharpness_metrics(x * 0.5, ref)  # contrast halved: power / 4
+  assert half["sharpness_spectral"] == pytest.approx(0.25)
+  assert half["sharpness_laplacian"] == pytest.approx(0.25)
+  # A smooth ramp is no detail: with the Hann window its crop edges add no HF energy.
+  ramp = np.broadcast_to(np.linspace(-1, 1, 32)[None, None, :, None], (1, 32, 32, 1))
+  assert metrics.high_frequency_energy(ramp, window="hann")[0] < 1e-3 * metrics.high_frequency_energy(
+      ramp, window=None)[0]
+  with pytest.raises(ValueError, match="window"):
+    metrics.power_spectrum(x, window="kaiser")

@@ -21,13 +21,17 @@ from vaegan_jax import train
 from vaegan_jax import train_step as ts
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features
+from vaegan_jax.evaluation import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SHARPNESS_FIELDS = ("laplacian_variance", "hf_energy", "sharpness_laplacian",
+                    "sharpness_spectral")
 SAMPLE_FIELDS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score",
-                 "confidence", "class_coverage", "class_tv")
+                 "confidence", "class_coverage", "class_tv") + SHARPNESS_FIELDS
 RECON_FIELDS = ("mse", "psnr", "dis_l_error", "kl", "recon_nll", "elbo", "pixel_nll", "fid",
-                "precision", "recall", "confidence", "class_coverage", "accuracy")
+                "precision", "recall", "confidence", "class_coverage", "accuracy"
+                ) + SHARPNESS_FIELDS
 
 
 def _config(**kw):
@@ -72,7 +76,7 @@ def test_training_writes_a_complete_finite_report(trained):
     assert f in report["samples"], f
   for f in RECON_FIELDS:
     assert f in report["reconstructions"], f
-  for f in ("fid", "kid", "precision", "recall", "accuracy"):
+  for f in ("fid", "kid", "precision", "recall", "accuracy") + SHARPNESS_FIELDS:
     assert f in report["heldout_real"], f
   assert set(report["samples_at_heldout_n"]) == {"fid", "precision", "recall"}
   assert all(np.isfinite(v) for v in _walk_numbers(report))
@@ -83,6 +87,8 @@ def test_training_writes_a_complete_finite_report(trained):
   assert [l["step"] for l in evals] == [6]
   assert evals[0]["eval/fid"] == pytest.approx(report["samples"]["fid"])
   assert evals[0]["eval/recon/psnr"] == pytest.approx(report["reconstructions"]["psnr"])
+  assert evals[0]["eval/recon/sharpness_spectral"] == pytest.approx(
+      report["reconstructions"]["sharpness_spectral"])
 
 
 def _run_binary(*args):
@@ -202,9 +208,19 @@ def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path
   state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
   report = evaluator.evaluate_state(state, config, num=100, extractor=None,
                                     no_features_reason=why)
-  assert "samples" not in report and report["features"] is None
+  assert report["features"] is None
+  # Without features: no feature metrics, but both sharpness measures in every section.
+  assert set(report["samples"]) == set(SHARPNESS_FIELDS)
+  assert set(report["heldout_real"]) == set(SHARPNESS_FIELDS)
   assert report["no_features_reason"] == why and report["num_heldout"] == 2
-  assert {"mse", "psnr", "dis_l_error", "kl", "elbo"} <= set(report["reconstructions"])
+  assert {"mse", "psnr", "dis_l_error", "kl", "elbo"} | set(SHARPNESS_FIELDS) <= set(
+      report["reconstructions"])
+  # The reference of samples and held-out images is the training split's real images.
+  train_images = evaluator.load_images(config.data, "train", 100)["image"]
+  ref = metrics.sharpness_metrics(train_images)
+  held = evaluator.load_images(config.data, "test", 100)["image"]
+  assert report["heldout_real"]["sharpness_spectral"] == pytest.approx(
+      metrics.high_frequency_energy(held).mean() / ref["hf_energy"])
   assert evaluator.is_finite_report(report)
   assert "no labels" in evaluator.format_table(report)
 

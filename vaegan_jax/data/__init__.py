@@ -5,6 +5,8 @@ Layout:
                digits and TFDS ``data_source`` readers; the shared checks.
   celeba.py    CelebA from the official manual-download files.
   folder.py    A folder of the user's own images.
+  photos.py    Crops of the natural photographs shipped by scikit-image and
+               scikit-learn (the ``photos`` extra), a held-out band per photograph.
   sources.py   ``get_source`` / ``validate``: a data config to a source.
   pipeline.py  ``batch_iterator``: order, sharding, flips and prefetch on grain.
 

@@ -46,6 +46,10 @@ Datasets (``data_config.name``):
     to a square and resized to ``image_size``. Splits: ``'test'`` = every
     20th file (0, 20, 40, ...), held out; ``'train'`` = the other files;
     ``'all'`` = every file.
+  * ``'photos'``: crops of the 16 natural photographs shipped by
+    scikit-image and scikit-learn (``photos.py``: the photographs, the crop
+    rule, a held-out band per photograph; label = photograph). Needs the
+    ``photos`` extra (scikit-image).
 
 Resizing (all datasets): PIL LANCZOS when shrinking (antialiased), BICUBIC
 when enlarging; done on uint8 in the pipeline's
@@ -62,11 +66,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-DATASETS = ("digits", "mnist", "cifar10", "celeb_a", "folder")
+DATASETS = ("digits", "mnist", "cifar10", "celeb_a", "folder", "photos")
 
 # Channels fixed by the dataset (None: chosen by data_config.channels).
 _DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "celeb_a": 3,
-                     "folder": None}
+                     "folder": None, "photos": None}
 
 # The encoder/discriminator halve the resolution three times (64 -> 8).
 _SIZE_MULTIPLE = 8

@@ -10,11 +10,16 @@ from typing import Any
 
 from vaegan_jax.data import celeba
 from vaegan_jax.data import folder
+from vaegan_jax.data import photos
 from vaegan_jax.data import readers
 from vaegan_jax.data.readers import DataError
 from vaegan_jax.data.readers import DatasetInfo
 from vaegan_jax.data.readers import Source
 from vaegan_jax.data.readers import config_value
+
+
+# Datasets whose examples carry a class 'label'.
+_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "photos": photos.NUM_PHOTOS}
 
 
 def _split_info(cfg: Any, split: str) -> DatasetInfo:
@@ -31,17 +36,19 @@ def _split_info(cfg: Any, split: str) -> DatasetInfo:
     paths = celeba.celeba_paths(celeba.celeba_manual_dir(cfg))
     n = len(celeba.split_files(paths, split))
     attribute_names = celeba.read_attribute_names(paths[celeba.CELEBA_ATTRIBUTES])
+  elif name == "photos":
+    n = photos.info(cfg, split, size, channels).num_examples
   else:
     _, files = folder.list_files(cfg)
     n = len(folder.split_files(files, split))
   if n == 0:
     raise DataError(f"Split {split!r} of {name!r} is empty: choose another "
                     "split (data.train_split / data.eval_split).")
-  num_classes = 10 if name in ("digits",) + readers.TFDS_DATASETS else 0
+  num_classes = _NUM_CLASSES.get(name, 0)
   if config_value(cfg, "label_attributes", False):
     if not num_classes:
       raise DataError(f"data.label_attributes=True needs a dataset with class labels "
-                      f"(digits, mnist, cifar10), not {name!r}.")
+                      f"({', '.join(_NUM_CLASSES)}), not {name!r}.")
     attribute_names = readers.label_attribute_names(num_classes)
   return DatasetInfo(name, size, channels, min(n, cap) if cap else n,
                      attribute_names, num_classes)
@@ -80,6 +87,9 @@ def get_source(data_config: Any, split: str) -> Source:
     source = readers.TfdsSource(DatasetInfo(name, size, channels, len(ds), num_classes=10), ds)
   elif name == "celeb_a":
     source = celeba.CelebASource(celeba.celeba_manual_dir(data_config), split, size)
+  elif name == "photos":
+    photos.info(data_config, split, size, channels)
+    source = photos.PhotosSource(split, size, channels, photos.crop_seed(data_config))
   else:
     root, files = folder.list_files(data_config)
     source = folder.FolderSource(root, folder.split_files(files, split), size, channels)
@@ -89,7 +99,7 @@ def get_source(data_config: Any, split: str) -> Source:
   if config_value(data_config, "label_attributes", False):
     if not source.info.num_classes:
       raise DataError(f"data.label_attributes=True needs a dataset with class labels "
-                      f"(digits, mnist, cifar10), not {name!r}.")
+                      f"({', '.join(_NUM_CLASSES)}), not {name!r}.")
     source = readers.OneHotLabels(source)
   if cap and cap < len(source):
     source = readers.CappedSource(source, cap)

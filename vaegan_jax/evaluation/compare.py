@@ -8,10 +8,15 @@ and writes ``outdir/results.json``, ``outdir/report.md`` and its PNGs. Runs
 live in ``outdir/runs/<kind>[_cond]_s<seed>``: rerunning the command resumes
 unfinished runs and reuses finished ones.
 
-Sharpness (``sharpness``): the variance of the 4-neighbour discrete Laplacian of
-each image (grey levels in [0, 1]), averaged over images: a standard focus
-measure, high for edges and fine detail, low for blur. Reported relative to
-held-out real images (1.0 = as sharp as real data; blur scores lower).
+Sharpness, two measures (``metrics.sharpness_metrics``, in every evaluation
+report): the variance of the 4-neighbour Laplacian of the grey image (a focus
+measure) and the mean power at high spatial frequencies, 0.25-0.5
+cycles/pixel (the upper half up to Nyquist, ``metrics.HIGH_FREQUENCY_BAND``,
+from the Hann-windowed 2-D spectrum). Each as a ratio to real images: samples
+to the real training images, reconstructions to their own held-out inputs
+(1.0 = as sharp as real; blur scores below 1, noise and ringing above). The
+report also tabulates the radially averaged power spectrum of each model's
+samples and reconstructions relative to real images, in four frequency bands.
 
 Conditional scores (Table 1 of the paper, Sec. 5.3): images generated for a
 target attribute vector y (here a one-hot class, ``data.label_attributes``),
@@ -41,11 +46,15 @@ from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
+from vaegan_jax.evaluation import metrics
 
 KINDS = ("vae", "vae_dis_l", "vaegan", "gan")
 CONDITIONAL_KINDS = ("gan", "vae", "vaegan")
 NAMES = {"vae": "VAE", "vae_dis_l": "VAE_Dis_l", "vaegan": "VAE-GAN", "gan": "GAN"}
 FIGURE_IMAGES = 8
+FIGURE_SCALE = 4  # nearest-neighbour enlargement of the report's figures: detail stays visible
+# Bands of the radial spectrum table, as fractions of Nyquist (0.5 cycles/pixel).
+SPECTRUM_BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
 # (key in the run's results, column title, format, better)
 COLUMNS = (("fid", "FID", "{:.2f}", "lower"), ("kid", "KID", "{:.3f}", "lower"),
@@ -53,10 +62,12 @@ COLUMNS = (("fid", "FID", "{:.2f}", "lower"), ("kid", "KID", "{:.3f}", "lower"),
            ("recall", "recall", "{:.2f}", "higher"),
            ("confidence", "confidence", "{:.3f}", "higher"),
            ("class_coverage", "class coverage", "{:.2f}", "higher"),
-           ("sample_sharpness", "sample sharpness", "{:.2f}", "closer to 1"),
+           ("sample_sharpness", "sample sharpness (Laplacian)", "{:.2f}", "closer to 1"),
+           ("sample_hf", "sample HF energy", "{:.2f}", "closer to 1"),
            ("recon_mse", "recon. MSE", "{:.4f}", "lower"),
            ("recon_psnr", "recon. PSNR dB", "{:.2f}", "higher"),
-           ("recon_sharpness", "recon. sharpness", "{:.2f}", "closer to 1"),
+           ("recon_sharpness", "recon. sharpness (Laplacian)", "{:.2f}", "closer to 1"),
+           ("recon_hf", "recon. HF energy", "{:.2f}", "closer to 1"),
            ("wall_s", "wall s", "{:.0f}", ""))
 COND_COLUMNS = (("cosine", "cosine similarity", "{:.3f}", "higher"),
                 ("mse", "MSE", "{:.4f}", "lower"),
@@ -67,23 +78,24 @@ COND_COLUMNS = (("cosine", "cosine similarity", "{:.3f}", "higher"),
 # Metrics.
 
 
-def laplacian_variance(images: Any) -> np.ndarray:
-  """Per image: variance of the 4-neighbour Laplacian of the grey image in [0, 1].
-
-  Args:
-    images: (N, H, W, C) in [-1, 1].
-  Returns:
-    (N,) float64.
-  """
-  x = (np.asarray(images, np.float64).mean(axis=-1) + 1.0) / 2.0  # (N, H, W)
-  lap = (x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:]
-         - 4.0 * x[:, 1:-1, 1:-1])
-  return lap.reshape(len(x), -1).var(axis=1)
+laplacian_variance = metrics.laplacian_variance
 
 
 def sharpness(images: Any) -> float:
-  """Mean Laplacian variance of ``images`` (N, H, W, C) in [-1, 1]; see the module doc."""
-  return float(laplacian_variance(images).mean())
+  """Mean Laplacian variance of ``images`` (N, H, W, C) in [-1, 1] (``metrics.laplacian_variance``)."""
+  return float(metrics.laplacian_variance(images).mean())
+
+
+def spectrum_bands(images: Any, reference: Any) -> list[float]:
+  """Mean radial power of ``images`` relative to ``reference`` in each of SPECTRUM_BANDS."""
+  f, p = metrics.radial_power_spectrum(images)
+  _, q = metrics.radial_power_spectrum(reference)
+  nyquist = f / 0.5
+  out = []
+  for lo, hi in SPECTRUM_BANDS:
+    m = (nyquist > lo) & (nyquist <= hi)
+    out.append(float(p[m].mean() / q[m].mean()))
+  return out
 
 
 def conditional_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -106,19 +118,22 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def run_config(base: ml_collections.ConfigDict, kind: str, seed: int, steps: int,
-               conditional: bool = False) -> ml_collections.ConfigDict:
-  """``base`` with one kind, seed and step budget; conditional: y = one-hot class."""
+               conditional: bool = False, evaluations: int = 4) -> ml_collections.ConfigDict:
+  """``base`` with one kind, seed and step budget; conditional: y = one-hot class.
+
+  A checkpoint is kept every ``steps // evaluations`` steps: the FID curve's points.
+  """
   c = copy.deepcopy(base)
   with c.unlocked():
     c.kind, c.seed, c.num_train_steps = kind, int(seed), int(steps)
     c.eval_every = 0  # Evaluated here, after training, all alike.
-    c.checkpoint_every = max(1, steps // 4)
-    c.keep_checkpoints = 4
+    c.checkpoint_every = max(1, steps // evaluations)
+    c.keep_checkpoints = evaluations
     c.sample_every = steps
     c.log_every = max(1, min(int(base.log_every), steps))
     if conditional:
       c.data.label_attributes = True
-      c.model.num_attributes = 10
+      c.model.num_attributes = data_lib.validate(base.data).num_classes
   return c
 
 
@@ -153,8 +168,12 @@ def _images(state, config, held: dict, n: int, seed: int, y: Optional[np.ndarray
 
 
 def evaluate_run(workdir: str, config, extractor, *, num: int, seed: int, held: dict,
-                 real_sharpness: float, all_steps: bool = False) -> dict[str, Any]:
-  """Metrics of the final (and, with ``all_steps``, every kept) checkpoint of a run."""
+                 real: np.ndarray, all_steps: bool = False) -> dict[str, Any]:
+  """Metrics of the final (and, with ``all_steps``, every kept) checkpoint of a run.
+
+  ``held``: held-out real images (and labels) to reconstruct; ``real``: real
+  training images, the spectrum's reference for samples.
+  """
   mngr = checkpoint.manager(workdir, read_only=True)
   steps = sorted(mngr.all_steps()) if all_steps else [mngr.latest_step()]
   out = {}
@@ -162,39 +181,50 @@ def evaluate_run(workdir: str, config, extractor, *, num: int, seed: int, held: 
     state, _ = checkpoint.restore_for_inference(workdir, step)
     report = evaluator.evaluate_state(state, config, num=num, extractor=extractor, seed=seed)
     s, r = report.get("samples", {}), report.get("reconstructions", {})
-    n = report["num"]
-    y = None
-    if config.model.num_attributes:  # Classes in equal numbers, as the Table 1 targets.
-      y = np.eye(10, dtype=np.float32)[np.arange(n) % 10]
-    samples, rec = _images(state, config, held, n, seed, y)
     row = {"step": int(step), "fid": s.get("fid"), "kid": s.get("kid"),
            "precision": s.get("precision"), "recall": s.get("recall"),
            "confidence": s.get("confidence"), "class_coverage": s.get("class_coverage"),
-           "sample_sharpness": sharpness(samples) / real_sharpness,
+           "sample_sharpness": s.get("sharpness_laplacian"),
+           "sample_hf": s.get("sharpness_spectral"),
            "recon_mse": r.get("mse"), "recon_psnr": r.get("psnr"),
-           "recon_sharpness": sharpness(rec) / real_sharpness if rec is not None else None}
+           "recon_sharpness": r.get("sharpness_laplacian"),
+           "recon_hf": r.get("sharpness_spectral"),
+           "heldout_sharpness": report.get("heldout_real", {}).get("sharpness_laplacian"),
+           "heldout_hf": report.get("heldout_real", {}).get("sharpness_spectral")}
+    out[int(step)] = row
+    if step != steps[-1]:
+      continue
+    n = report["num"]
+    y = None
+    if config.model.num_attributes:  # Classes in equal numbers, as the Table 1 targets.
+      k = int(config.model.num_attributes)
+      y = np.eye(k, dtype=np.float32)[np.arange(n) % k]
+    samples, rec = _images(state, config, held, n, seed, y)
     if y is not None:
       row.update(conditional_scores(y, evaluator.extract(extractor, samples)["probs"]))
-    out[int(step)] = row
-    if step == steps[-1]:
-      out["figure"] = {"samples": samples[:FIGURE_IMAGES],
-                       "reconstructions": None if rec is None else rec[:FIGURE_IMAGES]}
+    row["sample_spectrum"] = spectrum_bands(samples, real)
+    if rec is not None:
+      row["recon_spectrum"] = spectrum_bands(rec, held["image"])
+    out["figure"] = {"samples": samples[:FIGURE_IMAGES],
+                     "reconstructions": None if rec is None else rec[:FIGURE_IMAGES]}
   return out
 
 
 def _kind_figure(path: str, rows: list[np.ndarray]) -> None:
-  images = np.concatenate(rows)
-  image_grid.save_png(path, image_grid.make_grid(images, ncols=FIGURE_IMAGES))
+  grid = image_grid.make_grid(np.concatenate(rows), ncols=FIGURE_IMAGES)
+  image_grid.save_png(path, np.repeat(np.repeat(grid, FIGURE_SCALE, 0), FIGURE_SCALE, 1))
 
 
 def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int = 3,
                    steps: int = 400, kinds: Sequence[str] = KINDS,
                    conditional_kinds: Sequence[str] = CONDITIONAL_KINDS, num: int = 1000,
-                   features: str = "auto", inception_weights: Optional[str] = None
-                   ) -> dict[str, Any]:
+                   features: str = "auto", inception_weights: Optional[str] = None,
+                   evaluations: int = 4) -> dict[str, Any]:
   """Trains and evaluates the comparison; writes results.json, report.md and PNGs.
 
-  Returns the results dict (also in ``outdir/results.json``).
+  ``evaluations``: points of seed 0's FID curve (checkpoints every
+  ``steps // evaluations`` steps). Returns the results dict (also in
+  ``outdir/results.json``).
   """
   t_start = time.time()
   os.makedirs(outdir, exist_ok=True)
@@ -203,10 +233,11 @@ def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int =
   if extractor is None:
     raise feats_lib.FeatureError(f"The comparison needs a feature space: {why}")
   held = evaluator.load_images(data, data.eval_split, num)
-  real_sharp = sharpness(held["image"])
+  real = evaluator.load_images(data, data.train_split, num)["image"]
   results = {"dataset": data.name, "features": extractor.name, "steps": int(steps),
              "seeds": int(seeds), "num": int(num), "batch_size": int(base.batch_size),
-             "real_sharpness": real_sharp, "runs": {}, "cond_runs": {}}
+             "heldout_spectrum": spectrum_bands(held["image"], real),
+             "runs": {}, "cond_runs": {}}
   figures = {}
   if conditional_kinds and not data_lib.validate(data).num_classes:
     # Class-conditional needs class labels; CelebA's attribute-conditional
@@ -220,11 +251,11 @@ def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int =
   for kind, seed, cond in plan:
     name = run_name(kind, seed, cond)
     workdir = os.path.join(outdir, "runs", name)
-    config = run_config(base, kind, seed, steps, cond)
+    config = run_config(base, kind, seed, steps, cond, evaluations)
     logging.info("Comparison run %s (%d steps).", name, steps)
     wall = _train(config, workdir)
-    ev = evaluate_run(workdir, config, extractor, num=num, seed=seed, held=held,
-                      real_sharpness=real_sharp, all_steps=(seed == 0 and not cond))
+    ev = evaluate_run(workdir, config, extractor, num=num, seed=seed, held=held, real=real,
+                      all_steps=(seed == 0 and not cond))
     fig = ev.pop("figure")
     if seed == 0:
       figures[(kind, cond)] = fig
@@ -239,20 +270,22 @@ def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int =
     results["real_heldout_conditional"] = conditional_scores(
         np.eye(hp.shape[1])[labels], hp)
   results["total_wall_s"] = time.time() - t_start
-  _figures(outdir, figures, held, kinds, conditional_kinds)
+  _figures(outdir, figures, held, real, kinds, conditional_kinds)
   feats_lib.write_json_atomic(os.path.join(outdir, "results.json"), results)
   with open(os.path.join(outdir, "report.md"), "w") as f:
     f.write(report_markdown(results, kinds, conditional_kinds))
   return results
 
 
-def _figures(outdir, figures, held, kinds, conditional_kinds) -> None:
-  """fig_samples.png: one row per kind; fig_reconstructions.png: real row, then a row
+def _figures(outdir, figures, held, real, kinds, conditional_kinds) -> None:
+  """fig_samples.png: real training images, then one row per kind; fig_reconstructions.png:
+  held-out real row, then a row
   per kind with an encoder; fig_conditional.png: one row per conditional kind
   (column j is class j mod 10)."""
   real = held["image"][:FIGURE_IMAGES]
   _kind_figure(os.path.join(outdir, "fig_samples.png"),
-               [figures[(k, False)]["samples"] for k in kinds if (k, False) in figures])
+               [real[:FIGURE_IMAGES]] + [figures[(k, False)]["samples"] for k in kinds
+                                         if (k, False) in figures])
   rows = [real] + [figures[(k, False)]["reconstructions"] for k in kinds
                    if (k, False) in figures and figures[(k, False)]["reconstructions"] is not None]
   _kind_figure(os.path.join(outdir, "fig_reconstructions.png"), rows)
@@ -286,68 +319,114 @@ def _means(runs: dict, kind: str, key: str) -> float:
   return mean_std([r["final"].get(key) for r in runs.values() if r["kind"] == kind])[0]
 
 
+def _stats(runs: dict, kind: str, key: str) -> tuple[float, float]:
+  return mean_std([r["final"].get(key) for r in runs.values() if r["kind"] == kind])
+
+
+def _compare(runs: dict, a: str, b: str, key: str, better: str) -> str:
+  """'holds' if ``a`` beats ``b`` on ``key`` by more than a seed-to-seed std, 'fails' if
+  it loses by more, else 'within the seed spread'. ``better``: 'lower' or 'higher'."""
+  (ma, sa), (mb, sb) = _stats(runs, a, key), _stats(runs, b, key)
+  if abs(ma - mb) <= max(sa, sb):
+    return "within the seed spread"
+  return "holds" if (ma < mb) == (better == "lower") else "fails"
+
+
+def _below(runs: dict, kind: str, key: str, level: float = 1.0) -> str:
+  """'holds' if ``kind``'s mean is below ``level`` by more than its std, 'fails' if above."""
+  m, sd = _stats(runs, kind, key)
+  if abs(m - level) <= sd:
+    return "within the seed spread"
+  return "holds" if m < level else "fails"
+
+
+def _all(verdicts: Sequence[str]) -> str:
+  """One verdict for a claim made of parts: holds / fails only if every part agrees."""
+  if all(v == "holds" for v in verdicts):
+    return "holds"
+  if all(v == "fails" for v in verdicts):
+    return "fails"
+  if "fails" not in verdicts:
+    return "holds or within the seed spread" if "holds" in verdicts else "within the seed spread"
+  return "mixed"
+
+
 def claims(results: dict) -> list[str]:
-  """The paper's comparative claims, each checked against the means of this run."""
+  """The paper's comparative claims, each checked against this run's numbers.
+
+  A verdict is **holds** or **fails** when the means differ by more than one
+  seed-to-seed standard deviation, else **within the seed spread**. Sharpness
+  ratios are to real images; a model that is not blurrier than real data
+  (ratio >= 1) can't show the claim that a loss removes blur.
+  """
   runs, out = results["runs"], []
-  m = lambda k, key: _means(runs, k, key)  # noqa: E731
+  kinds = {r["kind"] for r in runs.values()}
+  m = lambda k, key: _stats(runs, k, key)[0]  # noqa: E731
+  has_hf = all(m(k, "recon_hf") == m(k, "recon_hf") for k in kinds - {"gan"})  # not NaN
 
-  def verdict(ok):
-    return "**holds**" if ok else "**does not hold**"
+  def pair(key, fmt="{:.2f}"):
+    return lambda k: fmt.format(m(k, key))
 
-  def weak(a, b, key):
-    """A note when two models' means differ by less than a seed-to-seed std."""
-    sa = mean_std([r["final"].get(key) for r in runs.values() if r["kind"] == a])[1]
-    sb = mean_std([r["final"].get(key) for r in runs.values() if r["kind"] == b])[1]
-    return (", but within one std across seeds" if abs(m(a, key) - m(b, key)) < max(sa, sb)
-            else "")
+  def measures(prefix):
+    return [(f"{prefix}_sharpness", "Laplacian")] + ([(f"{prefix}_hf", "HF energy")]
+                                                    if has_hf else [])
 
-  if {"vae", "vae_dis_l"} <= {r["kind"] for r in runs.values()}:
-    if m("vae", "recon_sharpness") >= 1.0:
-      # No blur to remove: a higher Laplacian variance is then noise, not detail.
-      out.append(f"Learned similarity (Dis_l) gives sharper reconstructions than the pixel-wise VAE: "
-                 f"**not testable on this data** (the VAE's reconstructions are not blurrier than "
-                 f"the real images: sharpness {m('vae', 'recon_sharpness'):.2f} of real; VAE_Dis_l "
-                 f"{m('vae_dis_l', 'recon_sharpness'):.2f}, further from real, which here means "
-                 "high-frequency artefacts rather than detail).")
+  if {"vae", "vae_dis_l"} <= kinds:
+    vae_blurs = [_below(runs, "vae", key) for key, _ in measures("recon")]
+    if "holds" not in vae_blurs:
+      # No blur to remove: a higher ratio is then noise, not detail.
+      out.append("Learned similarity (Dis_l) gives sharper reconstructions than the pixel-wise VAE: "
+                 "**not testable on this data** (the VAE's reconstructions are not blurrier than "
+                 "the real images: " + "; ".join(
+                     f"{name} {m('vae', key):.2f} of real, VAE_Dis_l {m('vae_dis_l', key):.2f}"
+                     for key, name in measures("recon")) + "; above 1 means high-frequency "
+                 "artefacts rather than detail).")
     else:
-      ok = m("vae_dis_l", "recon_sharpness") > m("vae", "recon_sharpness")
-      out.append(f"Learned similarity (Dis_l) gives sharper reconstructions than the pixel-wise "
-                 f"VAE: {verdict(ok)} (reconstruction sharpness "
-                 f"{m('vae_dis_l', 'recon_sharpness'):.2f} vs {m('vae', 'recon_sharpness'):.2f} "
-                 "of real).")
-    ok = m("vae_dis_l", "fid") < m("vae", "fid")
-    out.append(f"... and better samples than the VAE: {verdict(ok)} (sample FID "
-               f"{m('vae_dis_l', 'fid'):.2f} vs {m('vae', 'fid'):.2f}"
-               f"{weak('vae_dis_l', 'vae', 'fid')}; sharpness "
-               f"{m('vae_dis_l', 'sample_sharpness'):.2f} vs {m('vae', 'sample_sharpness'):.2f}).")
-  if {"vaegan", "vae_dis_l"} <= {r["kind"] for r in runs.values()}:
-    ok = m("vaegan", "fid") < m("vae_dis_l", "fid")
-    out.append(f"Adding the GAN term improves the samples over VAE_Dis_l: {verdict(ok)} "
-               f"(FID {m('vaegan', 'fid'):.2f} vs {m('vae_dis_l', 'fid'):.2f}"
-               f"{weak('vaegan', 'vae_dis_l', 'fid')}; precision "
+      out.append("The VAE's reconstructions are blurrier than the real images: **" + _all(
+          vae_blurs) + "** (" + "; ".join(f"{name} {m('vae', key):.2f} of real"
+                                          for key, name in measures("recon")) + ").")
+      for other in ("vae_dis_l", "vaegan"):
+        if other in kinds:
+          v = [_compare(runs, other, "vae", key, "higher") for key, _ in measures("recon")]
+          out.append(f"... and blurrier than {NAMES[other]}'s (learned similarity keeps detail): "
+                     f"**{_all(v)}** (" + "; ".join(
+                         f"{name} {m(other, key):.2f} vs VAE {m('vae', key):.2f}: {vv}"
+                         for (key, name), vv in zip(measures("recon"), v)) + ").")
+    v = _compare(runs, "vae_dis_l", "vae", "fid", "lower")
+    out.append(f"Learned similarity gives better samples than the VAE: **{v}** (sample FID "
+               f"{m('vae_dis_l', 'fid'):.2f} vs {m('vae', 'fid'):.2f}).")
+  if {"vaegan", "vae_dis_l"} <= kinds:
+    v = _compare(runs, "vaegan", "vae_dis_l", "fid", "lower")
+    out.append(f"Adding the GAN term improves the samples over VAE_Dis_l: **{v}** (FID "
+               f"{m('vaegan', 'fid'):.2f} vs {m('vae_dis_l', 'fid'):.2f}; precision "
                f"{m('vaegan', 'precision'):.2f} vs {m('vae_dis_l', 'precision'):.2f}).")
-  if {"vaegan", "vae"} <= {r["kind"] for r in runs.values()}:
-    ok = m("vaegan", "fid") < m("vae", "fid")
-    out.append(f"VAE-GAN samples beat the plain VAE's: {verdict(ok)} (FID {m('vaegan', 'fid'):.2f} "
-               f"vs {m('vae', 'fid'):.2f}{weak('vaegan', 'vae', 'fid')}).")
-    ok = m("vaegan", "recon_mse") > m("vae", "recon_mse")
-    out.append(f"The pixel-wise VAE has the lowest pixel error (it optimises it), the feature-wise "
-               f"models trade pixel accuracy for sharpness: {verdict(ok)} (recon. MSE "
-               f"{m('vae', 'recon_mse'):.4f} vs VAE-GAN {m('vaegan', 'recon_mse'):.4f}"
-               f"{weak('vae', 'vaegan', 'recon_mse')}).")
-  if {"gan", "vaegan"} <= {r["kind"] for r in runs.values()} and min(
-      m("gan", "sample_sharpness"), m("vaegan", "sample_sharpness")) >= 1.0:
-    out.append(f"A plain GAN gives sharp samples (but has no encoder): **not testable on this "
-               f"data** by sharpness (GAN {m('gan', 'sample_sharpness'):.2f}, VAE-GAN "
-               f"{m('vaegan', 'sample_sharpness'):.2f} of real: both at or above the real "
-               f"images); by FID the GAN's samples are {'better' if m('gan', 'fid') < m('vaegan', 'fid') else 'worse'} "
-               f"than VAE-GAN's ({m('gan', 'fid'):.2f} vs {m('vaegan', 'fid'):.2f}).")
-  elif {"gan", "vaegan"} <= {r["kind"] for r in runs.values()}:
-    ok = m("gan", "sample_sharpness") >= 0.8 * m("vaegan", "sample_sharpness")
-    out.append(f"A plain GAN gives sharp samples (but has no encoder): {verdict(ok)} (sample "
-               f"sharpness {m('gan', 'sample_sharpness'):.2f} vs VAE-GAN "
-               f"{m('vaegan', 'sample_sharpness'):.2f}; FID {m('gan', 'fid'):.2f} vs "
-               f"{m('vaegan', 'fid'):.2f}).")
+  if {"vaegan", "vae"} <= kinds:
+    v = _compare(runs, "vaegan", "vae", "fid", "lower")
+    out.append(f"VAE-GAN's samples are better than the VAE's: **{v}** (FID "
+               f"{m('vaegan', 'fid'):.2f} vs {m('vae', 'fid'):.2f}).")
+    sample_measures = [("sample_sharpness", "Laplacian")] + (
+        [("sample_hf", "HF energy")] if has_hf else [])
+    v = [_compare(runs, "vaegan", "vae", key, "higher") for key, _ in sample_measures]
+    above = [name for key, name in sample_measures if m("vaegan", key) > 1.0]
+    out.append("VAE-GAN's samples are sharper than the VAE's: **" + _all(v) + "** (" + "; ".join(
+        f"{name} {m('vaegan', key):.2f} vs {m('vae', key):.2f} of real: {vv}"
+        for (key, name), vv in zip(sample_measures, v)) + ")" + (
+            f"; VAE-GAN's {' and '.join(above)} ratio is above real, so part of it is "
+            "artefact, not detail" if above else "") + ".")
+    encoders = [k for k in ("vae", "vae_dis_l", "vaegan") if k in kinds]
+    v = [_compare(runs, "vae", k, "recon_mse", "lower") for k in encoders if k != "vae"]
+    out.append("The pixel-wise VAE has the lowest pixel error (it optimises it): **" + _all(v) +
+               "** (recon. MSE " + ", ".join(f"{NAMES[k]} {m(k, 'recon_mse'):.4f}"
+                                             for k in encoders) + ").")
+  if {"gan", "vaegan"} <= kinds:
+    sharp = m("gan", "sample_sharpness")
+    out.append(f"A plain GAN gives sharp samples (but has no encoder): sample sharpness "
+               f"{sharp:.2f} (Laplacian)" + (f", {m('gan', 'sample_hf'):.2f} (HF energy)"
+                                             if has_hf else "") +
+               f" of real; VAE-GAN {m('vaegan', 'sample_sharpness'):.2f}; FID "
+               f"{m('gan', 'fid'):.2f} vs VAE-GAN {m('vaegan', 'fid'):.2f}: **" +
+               _compare(runs, "vaegan", "gan", "fid", "lower") +
+               "** for VAE-GAN's samples being the better ones.")
   cond = results.get("cond_runs") or {}
   if cond and "real_heldout_conditional" in results:
     real = results["real_heldout_conditional"]
@@ -355,8 +434,8 @@ def claims(results: dict) -> list[str]:
                if any(r["kind"] == k for r in cond.values()) else -1)
     ok = _means(cond, "vaegan", "cosine") >= 0.9 * real["cosine"]
     out.append(f"Conditional VAE-GAN images are recognised about as well as real ones (Table 1): "
-               f"{verdict(ok)} (cosine {_means(cond, 'vaegan', 'cosine'):.3f} vs real "
-               f"{real['cosine']:.3f}; best conditional model here: {NAMES[best]}).")
+               f"**{'holds' if ok else 'fails'}** (cosine {_means(cond, 'vaegan', 'cosine'):.3f} "
+               f"vs real {real['cosine']:.3f}; best conditional model here: {NAMES[best]}).")
   return out
 
 
@@ -371,6 +450,28 @@ def render(outdir: str, kinds: Sequence[str] = KINDS,
   return text
 
 
+def _spectrum_table(results: dict, kinds: Sequence[str]) -> list[str]:
+  """Radial power relative to real images in SPECTRUM_BANDS, mean over seeds."""
+  runs = results["runs"]
+  if not any("sample_spectrum" in r["final"] for r in runs.values()):
+    return []
+  bands = [f"{lo:.2f}-{hi:.2f}" for lo, hi in SPECTRUM_BANDS]
+  lines = ["", "Radially averaged power spectrum relative to real images (1.0 = real's power; "
+           "mean over seeds), in bands of spatial frequency as fractions of Nyquist:", "",
+           "| images | " + " | ".join(bands) + " |", "|---|" + "---|" * len(bands)]
+  held = results.get("heldout_spectrum")
+  if held:
+    lines.append("| held-out real / training real | " +
+                 " | ".join(f"{v:.2f}" for v in held) + " |")
+  for what, key in (("samples", "sample_spectrum"), ("reconstructions", "recon_spectrum")):
+    for kind in kinds:
+      rows = [r["final"][key] for r in runs.values() if r["kind"] == kind and key in r["final"]]
+      if rows:
+        lines.append(f"| {NAMES[kind]} {what} | " + " | ".join(
+            f"{v:.2f}" for v in np.mean(np.asarray(rows), axis=0)) + " |")
+  return lines
+
+
 def report_markdown(results: dict, kinds: Sequence[str] = KINDS,
                     conditional_kinds: Sequence[str] = CONDITIONAL_KINDS) -> str:
   head = ("| model | " + " | ".join(t for _, t, _, _ in COLUMNS) + " |\n|---|" +
@@ -379,15 +480,19 @@ def report_markdown(results: dict, kinds: Sequence[str] = KINDS,
            f"Every model: the same architecture, data and seeds; {results['steps']} steps of batch "
            f"{results['batch_size']}; {results['seeds']} seeds (mean ± std over seeds). Metrics of "
            f"{results['num']} prior samples against the training split in `{results['features']}` "
-           "features; reconstructions of the held-out split. Sharpness: mean variance of the "
-           "Laplacian, relative to held-out real images (1.0 = as sharp as real). Total wall time "
-           f"{results['total_wall_s'] / 60:.1f} min.", "",
+           "features; reconstructions of the held-out split. Sharpness, two measures: the mean "
+           "variance of the Laplacian and the high-frequency (HF) energy, the mean power at "
+           "0.25-0.5 cycles/pixel; both relative to real images (samples: to the training "
+           "images; reconstructions: to their held-out inputs; 1.0 = as sharp as real, below 1 "
+           f"blurrier). Total wall time {results['total_wall_s'] / 60:.1f} min.", "",
            "![prior samples, one row per model: " + ", ".join(NAMES[k] for k in kinds) +
            "](fig_samples.png)", "",
-           "Prior samples (seed 0), one row per model: " + ", ".join(NAMES[k] for k in kinds) + ".",
+           "Prior samples (seed 0): real training images, then one row per model: " +
+           ", ".join(NAMES[k] for k in kinds) + f"; enlarged {FIGURE_SCALE}x (nearest neighbour).",
            "", "![held-out reconstructions](fig_reconstructions.png)", "",
            "Held-out reconstructions (seed 0): real images, then one row per model with an "
-           "encoder: " + ", ".join(NAMES[k] for k in kinds if k != "gan") + ".", "",
+           "encoder: " + ", ".join(NAMES[k] for k in kinds if k != "gan") +
+           f"; enlarged {FIGURE_SCALE}x (nearest neighbour).", "",
            "## Table: unconditional models", "", head.rstrip("\n")]
   for name, cells in table_rows(results["runs"], kinds, COLUMNS):
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -400,6 +505,7 @@ def report_markdown(results: dict, kinds: Sequence[str] = KINDS,
     for r in curve_runs:
       lines.append(f"| {NAMES[r['kind']]} | " + " | ".join(
           "–" if c.get("fid") is None else f"{c['fid']:.2f}" for c in r["curve"]) + " |")
+  lines += _spectrum_table(results, kinds)
   cond = results.get("cond_runs") or {}
   if cond:
     lines += ["", "## Table 1 on this data: class-conditional models", "",

@@ -21,6 +21,13 @@ and that training writes every ``config.eval_every`` steps:
   against the same reference: the score of real data, which a model can at
   best approach. FID is biased by n, so ``samples_at_heldout_n`` gives the
   samples' FID/precision/recall at the held-out n as well; KID is unbiased.
+* Sharpness, in every section and for every dataset (with or without
+  features): ``laplacian_variance`` (variance of the grey image's Laplacian)
+  and ``hf_energy`` (mean power at spatial frequencies 0.25-0.5 cycles/pixel,
+  ``metrics.HIGH_FREQUENCY_BAND``), and their ratios ``sharpness_laplacian``
+  and ``sharpness_spectral`` to real images: samples and held-out real images
+  against the n real images of ``train_split``, reconstructions against their
+  own held-out inputs (1.0 = as sharp as real; blur scores below 1).
 
 Features and their name come from ``features.py``; real features are cached
 per (dataset, split, feature weights, n) in ``features.cache_dir()``.
@@ -103,6 +110,26 @@ def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split
     tmp = f'{path}.tmp{os.getpid()}.npz'
     np.savez(tmp, **out)
     os.replace(tmp, path)
+  return out
+
+
+def real_sharpness(data_config: Any, split: str, num: int, *,
+                   use_cache: bool = True) -> dict[str, float]:
+  """``metrics.sharpness_metrics`` of ``load_images(data_config, split, num)``, cached."""
+  n = min(int(num), _split_size(data_config, split))
+  key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
+                          'n': n, 'band': metrics.HIGH_FREQUENCY_BAND})
+  path = os.path.join(feats_lib.cache_dir(), 'real_sharpness',
+                      f'{data_lib.config_value(data_config, "name")}_{split}_{n}_{key}.json')
+  if use_cache and os.path.exists(path):
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      logging.warning('Ignoring unreadable cache file %s (%s).', path, e)
+  out = metrics.sharpness_metrics(load_images(data_config, split, n)['image'])
+  if use_cache:
+    feats_lib.write_json_atomic(path, out)
   return out
 
 
@@ -280,18 +307,22 @@ def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
     report['feature_dim'] = int(real['features'].shape[1])
     timings['real_features'] = time.time() - t
 
+  reference = real_sharpness(data, real_split, n, use_cache=use_cache)
   sampler = sampling.Sampler.from_state(config, state, chunk_size=feats_lib.inference_chunk())
-  if extractor is not None:
-    t = time.time()
-    y = None
-    if arch.num_attributes:  # Conditional: the real images' attributes, in order.
-      y = real['attributes'][np.arange(n) % len(real['attributes'])]
-    images, _ = sampling.sample(sampler, rng_samples, n, y=y)
-    fake = extract(extractor, np.asarray(images))
-    timings['samples'] = time.time() - t
-    t = time.time()
-    report['samples'] = feature_metrics(real, fake, seed=seed)
-    timings['sample_metrics'] = time.time() - t
+  t = time.time()
+  y = None
+  if arch.num_attributes:  # Conditional: the real images' attributes, in order.
+    attrs = (real['attributes'] if real is not None
+             else load_images(data, real_split, n)['attributes'])
+    y = attrs[np.arange(n) % len(attrs)]
+  images, _ = sampling.sample(sampler, rng_samples, n, y=y)
+  images = np.asarray(images)
+  fake = extract(extractor, images) if extractor is not None else None
+  timings['samples'] = time.time() - t
+  t = time.time()
+  report['samples'] = feature_metrics(real, fake, seed=seed) if extractor is not None else {}
+  report['samples'].update(metrics.sharpness_metrics(images, reference))
+  timings['sample_metrics'] = time.time() - t
 
   if heldout_split:
     t = time.time()
@@ -299,10 +330,12 @@ def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
     report['num_heldout'] = int(held['image'].shape[0])
     y = held.get('attributes') if arch.num_attributes else None
     held_feats = None
+    held_sharpness = metrics.sharpness_metrics(held['image'], reference)
+    report['heldout_real'] = dict(held_sharpness)
     if extractor is not None:
       held_feats = real_features(extractor, data, heldout_split, n, use_cache=use_cache)
-      report['heldout_real'] = feature_metrics(real, held_feats, seed=seed,
-                                               labels=held.get('label'))
+      report['heldout_real'].update(feature_metrics(real, held_feats, seed=seed,
+                                                    labels=held.get('label')))
       m = held_feats['features'].shape[0]
       sub = {k: v[:m] for k, v in fake.items()}
       report['samples_at_heldout_n'] = {
@@ -310,6 +343,7 @@ def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
           **metrics.precision_recall(real['features'], sub['features'], k=3)}
     if 'encoder' in state.params:
       rec, rec_metrics = reconstruct_heldout(state, config, held['image'], y, rng_eps)
+      rec_metrics.update(metrics.sharpness_metrics(rec, held_sharpness))
       if extractor is not None:
         rec_feats = extract(extractor, rec)
         fm = feature_metrics(real, rec_feats, seed=seed, labels=held.get('label'))
@@ -360,7 +394,9 @@ _ROWS = (('fid', 'FID', '{:.3f}'), ('kid', 'KID x 1e3', None), ('precision', 'pr
          ('confidence', 'confidence', '{:.3f}'), ('class_coverage', 'class coverage', '{:.2f}'),
          ('accuracy', 'label accuracy', '{:.3f}'), ('mse', 'MSE [0,1]', '{:.4f}'),
          ('psnr', 'PSNR dB', '{:.2f}'), ('dis_l_error', 'Dis_l error', '{:.2f}'),
-         ('kl', 'KL', '{:.2f}'), ('elbo', 'ELBO', '{:.2f}'))
+         ('kl', 'KL', '{:.2f}'), ('elbo', 'ELBO', '{:.2f}'),
+         ('sharpness_laplacian', 'sharp. Laplacian', '{:.3f}'),
+         ('sharpness_spectral', 'sharp. spectral', '{:.3f}'))
 
 
 def format_table(report: dict) -> str:
