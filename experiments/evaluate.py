@@ -22,8 +22,9 @@ from vaegan_jax import cli  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
-flags.DEFINE_string("step", None, "Checkpoint step: N, 'all' (every one without a report "
-                    "made with these settings) or unset (the latest).")
+flags.DEFINE_string("step", None, "Checkpoint step: N, 'best' (by the run's config.keep_best), "
+                    "'all' (every one without a report made with these settings) or unset "
+                    "(the latest).")
 flags.DEFINE_integer("num", 10_000, "Samples and real images; capped by the real split's size.")
 flags.DEFINE_enum("features", "auto", ["auto", "inception", "classifier"],
                   "Feature space: Inception (needs --inception_weights), the dataset's "
@@ -41,11 +42,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from vaegan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   step = FLAGS.step
-  if step not in (None, "all", "latest"):
+  if step not in (None, "all", "latest", "best"):
     try:
       step = int(step)
     except ValueError:
-      print(f"error: --step must be an integer, 'all' or unset, got {step!r}.", file=sys.stderr)
+      print(f"error: --step must be an integer, 'best', 'all' or unset, got {step!r}.",
+            file=sys.stderr)
       sys.exit(2)
   if FLAGS.num < 2:
     print(f"error: --num must be >= 2, got {FLAGS.num}.", file=sys.stderr)

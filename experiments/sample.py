@@ -1,7 +1,7 @@
 r"""Samples, reconstructions, interpolations and attribute edits from a checkpoint.
 
   python -m experiments.sample --workdir=/tmp/vaegan --outdir=/tmp/vaegan/out \
-      [--step=N] [--num=64] [--seed=0] [--temperature=1.0] [--use_mean] \
+      [--step=N|best] [--num=64] [--seed=0] [--temperature=1.0] [--use_mean] \
       [--interpolation=slerp|linear] [--attributes [--num_attribute_images=10000]
       [--attribute_vectors=vectors.npz]]
 
@@ -69,7 +69,8 @@ def _define_flags():
   """Defines the flags, only when run as a program (importing defines none)."""
   flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
   flags.DEFINE_string("outdir", None, "Where to write the PNGs and .npy/.npz files.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("step", None, "Checkpoint step: N, 'latest' (the default) or 'best' "
+                      "(the best by the run's config.keep_best metric).")
   flags.DEFINE_integer("num", 64, "Number of samples and of reconstructions.")
   flags.DEFINE_integer("seed", 0, "Seed of z ~ N(0, T^2 I) and of encoder noise.")
   flags.DEFINE_float("temperature", 1.0, "Prior std T of the samples.")

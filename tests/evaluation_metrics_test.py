@@ -149,17 +149,30 @@ def test_classifier_scores_by_hand():
   c = 4
   one_hot = np.eye(c)[np.arange(40) % c]
   got = metrics.classifier_scores(one_hot, one_hot)
-  assert got["inception_score"] == pytest.approx(c, rel=1e-6)
+  assert got["classifier_score"] == pytest.approx(c, rel=1e-6)
   assert got["confidence"] == pytest.approx(1.0)
   assert got["class_coverage"] == 1.0 and got["class_tv"] == pytest.approx(0.0)
   collapsed = np.eye(c)[np.zeros(40, int)]
   got = metrics.classifier_scores(collapsed, one_hot)
-  assert got["inception_score"] == pytest.approx(1.0, abs=1e-6)
+  assert got["classifier_score"] == pytest.approx(1.0, abs=1e-6)
   assert got["class_coverage"] == 1 / c
   assert got["class_tv"] == pytest.approx(0.75)
   unsure = np.full((10, c), 1 / c)
   got = metrics.classifier_scores(unsure)
-  assert got["inception_score"] == pytest.approx(1.0) and got["confidence"] == pytest.approx(0.25)
+  assert got["classifier_score"] == pytest.approx(1.0) and got["confidence"] == pytest.approx(0.25)
+
+
+def test_inception_score_by_hand_over_splits():
+  c = 5
+  # Splits 0-4 hold every class once (IS = c each); splits 5-9 hold one class (IS = 1).
+  spread = np.eye(c)
+  collapsed = np.eye(c)[np.zeros(c, int)]
+  probs = np.concatenate([spread] * 5 + [collapsed] * 5)
+  got = metrics.inception_score(probs, splits=10)
+  assert got["inception_score"] == pytest.approx((5 * c + 5 * 1) / 10, rel=1e-6)
+  assert got["inception_score_std"] == pytest.approx(np.std([c] * 5 + [1] * 5), rel=1e-6)
+  with pytest.raises(ValueError, match="splits"):
+    metrics.inception_score(probs[:5], splits=10)
 
 
 def test_pixel_metrics_by_hand():

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHARPNESS_FIELDS = ("laplacian_variance", "hf_energy", "sharpness_laplacian",
                     "sharpness_spectral")
-SAMPLE_FIELDS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score",
+SAMPLE_FIELDS = ("fid", "kid", "kid_std", "precision", "recall", "classifier_score",
                  "confidence", "class_coverage", "class_tv") + SHARPNESS_FIELDS
 RECON_FIELDS = ("mse", "psnr", "dis_l_error", "kl", "recon_nll", "elbo", "pixel_nll", "fid",
                 "precision", "recall", "confidence", "class_coverage", "accuracy"
@@ -83,12 +83,35 @@ def test_training_writes_a_complete_finite_report(trained):
   assert evaluator.is_finite_report(report)
   # The same numbers as TensorBoard/jsonl scalars under eval/.
   lines = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-  evals = [l for l in lines if "eval/fid" in l]
+  evals = [l for l in lines if "eval/digits_classifier/fid" in l]  # the feature space named
   assert [l["step"] for l in evals] == [6]
-  assert evals[0]["eval/fid"] == pytest.approx(report["samples"]["fid"])
+  assert evals[0]["eval/digits_classifier/fid"] == pytest.approx(report["samples"]["fid"])
+  assert evals[0]["eval/digits_classifier/recon/fid"] == pytest.approx(
+      report["reconstructions"]["fid"])
+  assert not any(k.startswith("eval/fid") for l in lines for k in l)
   assert evals[0]["eval/recon/psnr"] == pytest.approx(report["reconstructions"]["psnr"])
   assert evals[0]["eval/recon/sharpness_spectral"] == pytest.approx(
       report["reconstructions"]["sharpness_spectral"])
+
+
+def test_tensorboard_reads_the_scalars_eval_curves_and_grids(trained):
+  """TensorBoard's own loader (what `tensorboard --logdir=WORKDIR` shows)."""
+  event_accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  wd, _, _ = trained
+  acc = event_accumulator.EventAccumulator(wd, size_guidance={"images": 0, "scalars": 0})
+  acc.Reload()
+  tags = acc.Tags()
+  for tag in ("kl_prior", "llike", "gan_bce", "dis_accuracy", "images_per_sec",
+              "eval/digits_classifier/fid", "eval/recon/psnr", "eval/recon/sharpness_spectral"):
+    assert tag in tags["scalars"], (tag, tags["scalars"])
+  assert [e.step for e in acc.Scalars("kl_prior")] == [3, 6]
+  report = json.load(open(os.path.join(wd, "eval", "step_6.json")))
+  (fid,) = acc.Scalars("eval/digits_classifier/fid")
+  assert fid.step == 6 and fid.value == pytest.approx(report["samples"]["fid"], rel=1e-6)
+  assert {"samples", "reconstructions"} <= set(tags["images"])
+  (grid,) = acc.Images("samples")
+  assert grid.step == 6 and grid.encoded_image_string.startswith(b"\x89PNG")
 
 
 def _run_binary(*args):
@@ -158,7 +181,7 @@ def test_real_vs_real_beats_real_vs_untrained_on_every_metric(extractor):
                                                               ("recall",))):
     assert r["fid"] < f["fid"] / 5
     assert r["kid"] < f["kid"] / 10
-    for k in keys + ("inception_score", "confidence", "class_coverage"):
+    for k in keys + ("classifier_score", "confidence", "class_coverage"):
       assert r[k] > f[k] + 0.2, (k, r[k], f[k])
     assert r["class_tv"] < f["class_tv"] - 0.2
     assert r["recall"] > 0.7 and r["class_coverage"] == 1.0

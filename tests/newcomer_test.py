@@ -159,3 +159,16 @@ def test_every_conv_microbench_flag_has_help():
   for line in r.stdout.splitlines():
     if line.startswith("  --") and line.split()[0] != "--model":
       assert len(line.split()) > 2, line  # the help text follows the metavar
+
+
+@pytest.mark.parametrize("binary", ["train", "compare", "sample", "evaluate"])
+def test_help_shows_the_key_flags(binary):
+  """``--help`` (not only ``--helpfull``) lists --config where there is one, and --verbose."""
+  r = subprocess.run([sys.executable, "-m", f"experiments.{binary}", "--help"], cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1 and "Try --helpfull" in r.stdout, r.stderr[-1000:]  # absl's exit
+  opts = {l.split(":")[0].strip() for l in r.stdout.splitlines() if l.startswith("  --")}
+  assert "--[no]verbose" in opts, opts
+  if binary in ("train", "compare"):
+    assert "--config" in opts, opts
+    assert "photos" in r.stdout and "tiny" in r.stdout  # the config names are listed

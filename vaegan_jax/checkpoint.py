@@ -23,8 +23,15 @@ topology (a GPU, 8 CPU devices) restores on any other.
 Failed background saves (a full disk) surface as ``CheckpointWriteError`` from
 ``save`` (the previous save's failure), ``check_saves`` and ``finish``.
 
+The best checkpoint (``config.keep_best``, e.g. ``samples.fid``): the trainer
+records it in ``workdir/best_checkpoint.json`` (``{"step", "metric", "value",
+"features"}``); pruning never deletes that step, and every loader takes
+``step="best"``. A record whose step is gone (set aside as corrupt, or never
+saved because the run was killed first) is rebuilt by the trainer from the
+evaluation reports of the checkpoints that remain (``evaluator.refresh_best``).
+
 Old checkpoints are deleted here, not by Orbax: only the newest ``keep`` are
-kept, and an older one is deleted only once a newer save is confirmed complete
+kept (and the best one), and an older one is deleted only once a newer save is confirmed complete
 (at the next ``save`` or at ``finish``). Orbax's own ``max_to_keep`` deletes in
 its finalize thread, which goes on to delete even when the commit failed if any
 other caller has already taken the checkpointer's error (Orbax 0.12): a failed
@@ -128,7 +135,8 @@ def _prune(mngr: ocp.CheckpointManager) -> None:
   if keep is None:
     return
   mngr.reload()
-  old = sorted(mngr.all_steps())[:-keep]
+  best = read_best(os.path.dirname(str(mngr.directory)))
+  old = [s for s in sorted(mngr.all_steps())[:-keep] if not best or s != best["step"]]
   if jax.process_index() == 0:
     root = str(mngr.directory)
     try:
@@ -654,7 +662,7 @@ def _reader(workdir: str, step: int) -> ocp.CheckpointManager:
   return manager(workdir, read_only=True)
 
 
-def read_config(workdir: str, step: Optional[int] = None, *,
+def read_config(workdir: str, step: Any = None, *,
                 verify: Optional[bool] = None) -> tuple[ml_collections.ConfigDict, int]:
   """The config saved with checkpoint ``step``, and that step.
 
@@ -680,9 +688,11 @@ def read_config(workdir: str, step: Optional[int] = None, *,
   return _load_step_or_newest(workdir, step, load)
 
 
-def _load_step_or_newest(workdir: str, step: Optional[int],
+def _load_step_or_newest(workdir: str, step: Any,
                          load: Callable[[ocp.CheckpointManager, int], _T]) -> _T:
-  """``load`` of checkpoint ``step``, or of the newest usable one (readers move nothing)."""
+  """``load`` of checkpoint ``step`` (an int or 'best'), or of the newest usable one
+  (None or 'latest'); readers move nothing."""
+  step = resolve_step(workdir, step)
   if step is None:
     found = _newest_good(workdir, load, quarantine=False)
     if found is None:
@@ -695,7 +705,7 @@ def _load_step_or_newest(workdir: str, step: Optional[int],
     mngr.close()
 
 
-def restore_for_inference(workdir: str, step: Optional[int] = None,
+def restore_for_inference(workdir: str, step: Any = None,
                           config: Optional[ml_collections.ConfigDict] = None
                           ) -> tuple[ts.TrainState, ml_collections.ConfigDict]:
   """(host TrainState, config) from ``workdir``; the saved config unless one is given.
@@ -713,6 +723,70 @@ def restore_for_inference(workdir: str, step: Optional[int] = None,
     template = jax.eval_shape(lambda: ts.create_train_state(cfg, jax.random.PRNGKey(0)))
     return restore_state(mngr, template, s), cfg
   return _load_step_or_newest(workdir, step, load)
+
+
+# ----------------------------------------------------------------------------
+# The best checkpoint (see the module docstring).
+
+BEST_FILE = "best_checkpoint.json"
+
+
+def best_path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), BEST_FILE)
+
+
+def read_best(workdir: str) -> Optional[dict]:
+  """The best-checkpoint record of ``workdir``, or None (none, or unreadable: warned)."""
+  path = best_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    int(record["step"])
+    return record
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning("Ignoring the unreadable best-checkpoint record %s (%s).", path, e)
+    return None
+
+
+def write_best(workdir: str, record: Optional[dict]) -> None:
+  """Writes (atomically) or, with None, removes the best-checkpoint record."""
+  path = best_path(workdir)
+  if record is None:
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def resolve_step(workdir: str, step: Any) -> Optional[int]:
+  """None or 'latest' -> None (the newest usable); 'best' -> the recorded best step; an int.
+
+  Raises CheckpointError (one line) for 'best' without a record or a record whose
+  checkpoint is gone, and for anything else that is not an integer.
+  """
+  if step is None or step == "latest":
+    return None
+  if step == "best":
+    best = read_best(workdir)
+    if best is None:
+      raise CheckpointError(
+          f"No best checkpoint recorded in {workdir}: train with --config.keep_best=samples.fid "
+          "and evaluations on (--config.eval_every), or use --step=latest.")
+    if int(best["step"]) not in _all_steps(workdir):
+      raise CheckpointError(
+          f"The best checkpoint, step {best['step']} ({best.get('metric')} "
+          f"{best.get('value')}), is no longer in {checkpoint_dir(workdir)}; resume training "
+          "to choose a new one, or use --step=latest.")
+    return int(best["step"])
+  try:
+    return int(step)
+  except (TypeError, ValueError):
+    raise CheckpointError(f"--step must be an integer, 'latest' or 'best', got {step!r}.") from None
 
 
 def lists_to_tuples(x: Any) -> Any:

@@ -108,15 +108,30 @@ def define_config_file(name: str, default: str, help_string: str) -> None:
   """``config_flags.DEFINE_config_file``, whose ``--config.*`` overrides are
   parsed already here (at import), with the errors as one line. A bare name
   (``--config=folder``) means the file of that name beside ``default``."""
-  _resolve_config_name(sys.argv, name, os.path.dirname(os.path.abspath(default)))
+  configs_dir = os.path.dirname(os.path.abspath(default))
+  _resolve_config_name(sys.argv, name, configs_dir)
+  names = sorted(f[:-3] for f in os.listdir(configs_dir)
+                 if f.endswith(".py") and not f.startswith("_"))
+  help_string += f" A path, or a name in experiments/configs/: {', '.join(names)}."
   try:
     config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except _PARSE_ERRORS as e:
     _fail(e, sys.argv)
 
 
+def _show_in_help(argv: list[str]) -> None:
+  """``--help`` lists the main module's flags only: add ``--verbose`` and the config
+  flags (defined through ml_collections, so absl files them elsewhere)."""
+  main = argv[0] if argv else sys.argv[0]
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if name == "verbose" or type(flag).__name__ == "_ConfigFlag":
+      flags.FLAGS.register_key_flag_for_module(main, flag)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; errors become one ``error:`` line and exit code 2."""
+  _show_in_help(argv)
   try:
     rest = flags.FLAGS(argv)
   except _PARSE_ERRORS as e:

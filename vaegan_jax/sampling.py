@@ -152,9 +152,10 @@ class Sampler:
     return cls(config, params, batch_stats, chunk_size=chunk_size)
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None, *,
+  def from_workdir(cls, workdir: str, step: Union[int, str, None] = None, *,
                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> 'Sampler':
-    """The sampler of a training workdir's checkpoint ``step`` (default: the newest good one).
+    """The sampler of a training workdir's checkpoint ``step`` (default: the newest good one;
+    'best': the best by the run's ``config.keep_best`` metric).
 
     The config saved with the checkpoint builds the networks; it is kept as
     ``sampler.config`` (and the step as ``sampler.step``). A corrupt newest

@@ -187,7 +187,7 @@ def _check_options(num, temperature, interpolation, num_interpolations, interpol
     raise SampleError(f"--interpolation must be 'slerp' or 'linear', got {interpolation!r}.")
 
 
-def _source_config(source: Union[str, sampling.Sampler], step: Optional[int]):
+def _source_config(source: Union[str, sampling.Sampler], step: Union[int, str, None]):
   """(config, step, where) of a workdir's checkpoint or of a Sampler (config only)."""
   if isinstance(source, sampling.Sampler):
     if source.config is None:
@@ -209,7 +209,7 @@ def _source_config(source: Union[str, sampling.Sampler], step: Optional[int]):
   return config, step, workdir
 
 
-def sample_outputs(source: Union[str, sampling.Sampler], *, step: Optional[int] = None,
+def sample_outputs(source: Union[str, sampling.Sampler], *, step: Union[int, str, None] = None,
                    num: int = 64, seed: int = 0, temperature: float = 1.0,
                    use_mean: bool = False, interpolation: str = "slerp",
                    num_interpolations: int = 8, interpolation_steps: int = 10,

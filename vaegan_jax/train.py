@@ -75,7 +75,7 @@ EXPERIMENT_FIELDS = ("kind", "data.name", "data.folder", "data.train_split",
                      "data.label_attributes", "model.num_attributes")
 # Run-time settings that may change between runs without a word.
 RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
-                  "keep_checkpoints", "num_sample_images", "eval_every", "eval_num",
+                  "keep_checkpoints", "keep_best", "num_sample_images", "eval_every", "eval_num",
                   "eval_features", "eval_inception_weights", "allow_config_change",
                   "model.conv_impl", "data.data_dir", "data.manual_dir")
 
@@ -108,6 +108,8 @@ def _validate(config):
                      "e.g. --config.learning_rate=3e-4.")
   if int(config.get("eval_every", 0)) < 0:
     raise ValueError(f"eval_every must be >= 0 (0: off), got {config.eval_every}.")
+  if config.get("keep_best"):
+    evaluator.best_metric(config.keep_best)
   if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
     raise ValueError(f"eval_num must be >= 2, got {config.get('eval_num')}; e.g. "
                      "--config.eval_num=1000.")
@@ -324,6 +326,12 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   state, _ = _restore(config, workdir, is_chief)
   start = int(state.step)
   mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+  # The best checkpoint by an evaluation metric: every evaluated step is saved, and
+  # a record names the best one, which pruning keeps.
+  keep_best = config.get("keep_best") if config.get("eval_every") else None
+  if keep_best and is_chief:
+    evaluator.refresh_best(workdir, keep_best, list(mngr.all_steps()))
+  pending_best = None  # the record to write once the pending state is saved
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   arch = models.Architecture.from_config(config.model)
@@ -361,7 +369,7 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       if pending is not None:  # step s's loss came from the pending state
         _check_finite(rstate)
         checkpoint.save(mngr, pending, config)
-        pending = None
+        pending, pending_best = None, _record_best(workdir, pending_best)
       # Also an early line 10 steps after compiling, when log_every is long (the
       # 64x64 configs on CPU would otherwise be silent for many minutes).
       early = config.log_every > 10 and s == start + 11
@@ -376,8 +384,12 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)
       if is_chief and _eval_due(config, s, total) and not stop.requested:
         _check_finite(rstate)
-        _evaluate(writer, workdir, parallel.unreplicate(rstate), config, extractor, no_features)
-      if s % config.checkpoint_every == 0 or s == total:
+        report = _evaluate(writer, workdir, parallel.unreplicate(rstate), config, extractor,
+                           no_features)
+        if keep_best and report:
+          pending_best = evaluator.best_record(report, keep_best, checkpoint.read_best(workdir))
+      if (s % config.checkpoint_every == 0 or s == total
+          or (keep_best and _eval_due(config, s, total))):  # every process knows this
         pending = _finite_host_state(rstate)
     if pending is not None and not stop.requested:
       # The last state's own loss: one more step, whose update is discarded.
@@ -385,10 +397,13 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       _check_finite(probe)
       rstate = None
       checkpoint.save(mngr, pending, config)
+      _record_best(workdir, pending_best)
     elif s > start and stop.requested:
       # No time to wait for another step: save what every value checks finite.
       _check_finite(rstate)
       checkpoint.save(mngr, pending or _finite_host_state(rstate), config)
+      if pending is not None:
+        _record_best(workdir, pending_best)
     checkpoint.finish(mngr)
   except BaseException as e:
     checkpoint.finish(mngr, quiet=True)  # the in-flight save completes or is reported
@@ -425,11 +440,20 @@ def _eval_due(config, s: int, total: int) -> bool:
   return bool(every) and (s % every == 0 or s == total)
 
 
-def _evaluate(writer, workdir, state, config, extractor, no_features) -> None:
+def _record_best(workdir: str, record) -> None:
+  """Names a just-saved step the best checkpoint (its save is in flight: a record whose
+  step never lands is rebuilt at the next start, ``evaluator.refresh_best``)."""
+  if record is not None:
+    checkpoint.write_best(workdir, record)
+    logging.info("Best checkpoint by %s: step %d (%.4g).", record["metric"], record["step"],
+                 record["value"])
+
+
+def _evaluate(writer, workdir, state, config, extractor, no_features):
   """One evaluation at ``state.step``: workdir/eval/step_<N>.json and eval/ scalars.
 
-  A failing evaluation is logged and training goes on: a metric must never
-  cost the run it measures.
+  Returns the report, or None: a failing evaluation is logged and training
+  goes on, as a metric must never cost the run it measures.
   """
   try:
     report = evaluator.evaluate_state(state, config, num=int(config.eval_num),
@@ -438,11 +462,12 @@ def _evaluate(writer, workdir, state, config, extractor, no_features) -> None:
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("Evaluation at step %d failed (%s: %s); training goes on.",
                     int(state.step), type(e).__name__, str(e).splitlines()[0][:300])
-    return
+    return None
   evaluator.write_report(workdir, report)
   writer.write_eval(report["step"], evaluator.scalars(report))
   for line in evaluator.format_table(report).splitlines():
     logging.info("%s", line)
+  return report
 
 
 def _eval_batch(config, num: int) -> dict:

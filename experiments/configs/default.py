@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   # held-out reconstruction metrics; workdir/eval/step_<N>.json, TensorBoard eval/.
   # 0 turns it off.
   c.eval_every = 500
+  # Keep the best checkpoint by this metric of the evaluation report (SECTION.KEY,
+  # lower or higher is better by the metric) beside the newest keep_checkpoints:
+  # GAN training is not monotone. Open it with --step=best. '' keeps none.
+  c.keep_best = "samples.fid"
   c.eval_num = 1000
   c.eval_features = "auto"
   c.eval_inception_weights = config_dict.placeholder(str)

@@ -7,7 +7,9 @@ and that training writes every ``config.eval_every`` steps:
 * ``samples``: n = min(num, size of the real split) images Dec(z), z ~ N(0, I),
   against n real images of ``data.train_split`` (a fixed random subset when
   the split is larger): FID, KID (mean, std), precision, recall, and where the
-  features come with class probabilities, the Inception-score-like figure,
+  features come with class probabilities, the classifier score (the Inception-
+  score formula in the classifier's classes; Inception features give the
+  standard ``inception_score`` instead, 10 splits, fc bias dropped),
   confidence, class coverage and the class-histogram distance ``class_tv``.
 * ``reconstructions``: the held-out images of ``data.eval_split`` through
   Dec(mu(x)): pixel MSE and PSNR (on [0, 1]), the Dis_l feature error
@@ -163,8 +165,8 @@ def feature_metrics(real: dict[str, np.ndarray], fake: dict[str, np.ndarray], *,
     out.update(metrics.classifier_scores(fake['probs'], real.get('probs')))
     if labels is not None:
       out['accuracy'] = float(np.mean(np.argmax(fake['probs'], axis=1) == labels))
-  if 'inception_probs' in fake:
-    out['inception_score'] = metrics.classifier_scores(fake['inception_probs'])['inception_score']
+  if 'inception_probs' in fake and len(fake['inception_probs']) >= 10:
+    out.update(metrics.inception_score(fake['inception_probs'], splits=10))
   return out
 
 
@@ -379,18 +381,35 @@ _SECTIONS = (('samples', 'eval/'), ('reconstructions', 'eval/recon/'),
              ('samples_at_heldout_n', 'eval/samples_at_heldout_n/'))
 
 
+# Metrics whose value depends on the feature space (their tags name it).
+FEATURE_METRICS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'inception_score',
+                   'inception_score_std', 'classifier_score',
+                   'confidence', 'class_coverage', 'class_tv', 'accuracy')
+
+
 def scalars(report: dict) -> dict[str, float]:
-  """The report's numbers as TensorBoard tags under ``eval/``."""
+  """The report's numbers as TensorBoard tags under ``eval/``.
+
+  A metric computed in a feature space carries it in its tag
+  (``eval/digits_classifier/fid``, ``eval/inception_v3_fid/recon/fid``), so
+  evaluations in different spaces never share a curve; pixel, ELBO and
+  sharpness metrics don't depend on it (``eval/recon/psnr``).
+  """
   out = {}
+  space = report.get('features') or 'no_features'
   for section, prefix in _SECTIONS:
     for k, v in report.get(section, {}).items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
-        out[prefix + k] = float(v)
+        tag = prefix + k
+        if k in FEATURE_METRICS:
+          tag = f'eval/{space}/' + tag[len('eval/'):]
+        out[tag] = float(v)
   return out
 
 
 _ROWS = (('fid', 'FID', '{:.3f}'), ('kid', 'KID x 1e3', None), ('precision', 'precision', '{:.3f}'),
-         ('recall', 'recall', '{:.3f}'), ('inception_score', 'IS-like', '{:.2f}'),
+         ('recall', 'recall', '{:.3f}'), ('inception_score', 'Inception score', '{:.2f}'),
+         ('classifier_score', 'classifier score', '{:.2f}'),
          ('confidence', 'confidence', '{:.3f}'), ('class_coverage', 'class coverage', '{:.2f}'),
          ('accuracy', 'label accuracy', '{:.3f}'), ('mse', 'MSE [0,1]', '{:.4f}'),
          ('psnr', 'PSNR dB', '{:.2f}'), ('dis_l_error', 'Dis_l error', '{:.2f}'),
@@ -466,7 +485,7 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
 
   Args:
     step: None (the newest usable one: corrupt newer ones are skipped with a
-      warning), an int, or 'all': every checkpoint without a report made with
+      warning), an int, 'best' (``config.keep_best``'s record), or 'all': every checkpoint without a report made with
       the same (num, features, seed); corrupt ones are skipped with a warning.
     features: 'auto' | 'inception' | 'classifier' (see ``features.resolve``).
     writer: a ``metric_writer.MetricWriter`` for the scalars (default: one on
@@ -483,6 +502,8 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
     raise checkpoint.CheckpointError(
         f'No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with '
         f'`python -m experiments.train --workdir={workdir}`.')
+  if step == 'best':
+    step = checkpoint.resolve_step(workdir, step)
   if step is None or step == 'latest':
     # The newest usable checkpoint: corrupt newer ones are skipped with a warning.
     config, latest = checkpoint.read_config(workdir)
@@ -545,6 +566,77 @@ def _newest_readable_config(workdir: str, steps: list[int]) -> Any:
   raise checkpoint.CheckpointError(
       f'None of the checkpoints {steps} in {checkpoint.checkpoint_dir(workdir)} has a readable '
       'config; train again or use another --workdir.')
+
+
+# ----------------------------------------------------------------------------
+# The best checkpoint by one metric (config.keep_best; checkpoint.py keeps it).
+
+LOWER_IS_BETTER = ('fid', 'kid', 'mse', 'dis_l_error', 'class_tv', 'kl', 'recon_nll',
+                   'pixel_nll')
+HIGHER_IS_BETTER = ('precision', 'recall', 'psnr', 'inception_score', 'classifier_score',
+                    'confidence',
+                    'class_coverage', 'accuracy', 'elbo')
+BEST_SECTIONS = ('samples', 'reconstructions', 'samples_at_heldout_n')
+
+
+def best_metric(metric: str) -> tuple[str, str, bool]:
+  """'section.key' -> (section, key, lower is better). Raises ValueError naming the choices."""
+  section, _, key = str(metric).partition('.')
+  if section not in BEST_SECTIONS or key not in LOWER_IS_BETTER + HIGHER_IS_BETTER:
+    raise ValueError(f'keep_best={metric!r} is not a metric of the evaluation report: use '
+                     f'SECTION.KEY with SECTION in {"/".join(BEST_SECTIONS)} and KEY one of '
+                     f'{", ".join(LOWER_IS_BETTER + HIGHER_IS_BETTER)} (e.g. samples.fid), or '
+                     "'' for none.")
+  return section, key, key in LOWER_IS_BETTER
+
+
+def metric_value(report: dict, metric: str) -> Optional[float]:
+  """The report's finite value of ``metric`` ('section.key'), or None."""
+  section, key, _ = best_metric(metric)
+  value = report.get(section, {}).get(key)
+  return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def best_record(report: dict, metric: str, current: Optional[dict]) -> Optional[dict]:
+  """The new best-checkpoint record if ``report`` beats ``current``, else None.
+
+  A record of another metric or feature space is no competitor: it is replaced.
+  """
+  value = metric_value(report, metric)
+  if value is None:
+    return None
+  lower = best_metric(metric)[2]
+  if (current and current.get('metric') == metric
+      and current.get('features') == report.get('features')):
+    old = float(current['value'])
+    if not (value < old if lower else value > old):
+      return None
+  return {'step': int(report['step']), 'metric': metric, 'value': value,
+          'features': report.get('features')}
+
+
+def refresh_best(workdir: str, metric: str, steps: list[int]) -> Optional[dict]:
+  """Rebuilds the best-checkpoint record when its step is not among ``steps`` (the
+  checkpoints that exist): the best of their evaluation reports in the record's
+  feature space; none if no report has the metric. Returns the record kept."""
+  current = checkpoint.read_best(workdir)
+  if current is not None and current.get('metric') == metric and current['step'] in steps:
+    return current
+  best = None
+  for step in sorted(steps):
+    try:
+      with open(report_path(workdir, step)) as f:
+        report = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if best is not None and report.get('features') != best['features']:
+      continue
+    best = best_record(report, metric, best) or best
+  if best != current:
+    logging.info('Best checkpoint by %s: %s.', metric,
+                 f"step {best['step']} ({best['value']:.4g})" if best else 'none yet')
+    checkpoint.write_best(workdir, best)
+  return best
 
 
 USER_ERRORS = (checkpoint.CheckpointError, data_lib.DataError, feats_lib.FeatureError)

@@ -24,7 +24,7 @@ network ported to Flax linen (NHWC), in inference mode:
     features; ``fc`` (2048 -> 1008, with bias) gives the ``logits`` (N, 1008)
     for an Inception score. (OpenAI's original Inception-score code multiplies
     pool3 by the fc weight only, without the bias: ``logits - params['fc']
-    ['bias']`` recovers that.)
+    ['bias']`` recovers that, and ``features.inception_features`` does so.)
 
 Input convention. Images are NHWC floats in [-1, 1] (this project's
 convention), any spatial size, 1 or 3 channels (1 is repeated to 3).

@@ -22,8 +22,9 @@ float64 on the host (SciPy), as the reference implementations do.
   2019): the k-NN balls (k = 3) of each set approximate its manifold;
   precision is the fraction of generated points inside the real manifold,
   recall the fraction of real points inside the generated manifold.
-* ``classifier_scores``: from class probabilities (N, C): an Inception-score-
-  like figure exp(E_x KL(p(y|x) || p(y))), the mean confidence, class coverage
+* ``classifier_scores``: from class probabilities (N, C): the Inception-score
+  formula in the classifier's classes, exp(E_x KL(p(y|x) || p(y))), named
+  ``classifier_score`` (not comparable with published Inception scores), the mean confidence, class coverage
   and the total-variation distance between predicted class histograms.
 * ``pixel_metrics``: MSE on the [0, 1] scale and PSNR (peak 1).
 """
@@ -220,9 +221,9 @@ def precision_recall(real: Any, fake: Any, *, k: int = 3) -> dict[str, float]:
 def classifier_scores(probs: Any, reference_probs: Optional[Any] = None) -> dict[str, float]:
   """Scores of class probabilities p (N, C) of one image set.
 
-  * 'inception_score': exp(mean_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x)
-    over the set (one split: the classic figure averages 10 splits of 5k).
-    Ranges over [1, C].
+  * 'classifier_score': exp(mean_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x)
+    over the set (one split), in the classifier's C classes: ranges over [1, C].
+    Not an Inception score (``inception_score`` is).
   * 'confidence': mean over images of max_y p(y|x).
   * 'class_coverage': fraction of the C classes that are the argmax of at
     least half their fair share, N / (2 C), of the images.
@@ -239,7 +240,7 @@ def classifier_scores(probs: Any, reference_probs: Optional[Any] = None) -> dict
   marginal = p.mean(axis=0)
   kl = np.sum(p * (np.log(p) - np.log(marginal)[None, :]), axis=1)
   hist = np.bincount(np.argmax(p, axis=1), minlength=c) / n
-  out = {'inception_score': float(np.exp(kl.mean())),
+  out = {'classifier_score': float(np.exp(kl.mean())),
          'confidence': float(p.max(axis=1).mean()),
          'class_coverage': float(np.mean(hist >= 1.0 / (2 * c)))}
   if reference_probs is not None:
@@ -247,6 +248,26 @@ def classifier_scores(probs: Any, reference_probs: Optional[Any] = None) -> dict
     ref_hist = np.bincount(np.argmax(r, axis=1), minlength=c) / r.shape[0]
     out['class_tv'] = float(0.5 * np.abs(hist - ref_hist).sum())
   return out
+
+
+def inception_score(probs: Any, splits: int = 10) -> dict[str, float]:
+  """The Inception score as OpenAI's code and torch-fidelity compute it.
+
+  ``probs`` (N, 1008): softmax of Inception-v3's fc logits *without* the fc
+  bias (``features.inception_features`` drops it); the images in ``splits``
+  consecutive parts, exp(E_x KL(p(y|x) || p(y))) with p(y) each part's mean;
+  returns the mean and std over the parts ('inception_score',
+  'inception_score_std').
+  """
+  p = np.asarray(probs, np.float64)
+  if p.ndim != 2 or p.shape[0] < splits:
+    raise ValueError(f'Need probabilities (N, C) with N >= splits={splits}, got {p.shape}.')
+  scores = []
+  for part in np.array_split(p, splits):
+    part = np.clip(part, 1e-12, 1.0)
+    marginal = part.mean(axis=0, keepdims=True)
+    scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(marginal)), axis=1))))
+  return {'inception_score': float(np.mean(scores)), 'inception_score_std': float(np.std(scores))}
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The best checkpoint by an evaluation metric (config.keep_best) survives pruning,
+resumes and a corrupt best; the sampler and the evaluator open it with step='best'.
+
+The evaluation is replaced by a script of FIDs (the metric's values are the
+point here, not how they are computed), so the FID gets worse after step 4.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from experiments.configs import tiny
+from vaegan_jax import checkpoint
+from vaegan_jax import sampling
+from vaegan_jax import train
+from vaegan_jax.evaluation import evaluator
+
+FIDS = {2: 5.0, 4: 1.0, 6: 3.0, 8: 4.0, 10: 2.0}
+
+
+def _config(steps):
+  c = tiny.get_config()
+  c.model.conv_impl = "xla"
+  c.num_train_steps = steps
+  c.eval_every = 2
+  c.checkpoint_every = 4
+  c.keep_checkpoints = 1
+  c.keep_best = "samples.fid"
+  return c
+
+
+@pytest.fixture
+def scripted_fid(monkeypatch):
+  def evaluate_state(state, config, **kw):
+    step = int(state.step)
+    return {"step": step, "kind": config.kind, "dataset": "digits", "features": "scripted",
+            "num": 2, "real_split": "train", "heldout_split": None,
+            "samples": {"fid": FIDS[step]}, "seconds": {"total": 0.0}}
+  monkeypatch.setattr(evaluator, "evaluate_state", evaluate_state)
+  monkeypatch.setattr(train, "_eval_features", lambda config: (None, ""))
+
+
+def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path, scripted_fid):
+  wd = str(tmp_path / "run")
+  with pytest.raises(checkpoint.CheckpointError, match="No best checkpoint recorded"):
+    checkpoint.resolve_step(wd, "best")
+  train.train_and_evaluate(_config(8), wd)
+  # keep_checkpoints=1 keeps the newest (8) and the best (4), though 6 and 8 are worse.
+  assert checkpoint._all_steps(wd) == [4, 8]
+  best = json.load(open(checkpoint.best_path(wd)))
+  assert best == {"step": 4, "metric": "samples.fid", "value": 1.0, "features": "scripted"}
+  assert sampling.Sampler.from_workdir(wd, "best").step == 4
+  assert sampling.Sampler.from_workdir(wd).step == 8
+  state, _ = checkpoint.restore_for_inference(wd, "best")
+  assert int(state.step) == 4
+
+  # The best checkpoint turns out corrupt and is set aside: the record is rebuilt from the
+  # reports of the checkpoints that remain, then a better evaluation takes over.
+  shutil.move(os.path.join(checkpoint.checkpoint_dir(wd), "4"), str(tmp_path / "bad4"))
+  with pytest.raises(checkpoint.CheckpointError, match="no longer in"):
+    checkpoint.resolve_step(wd, "best")
+  assert evaluator.refresh_best(wd, "samples.fid", [8])["step"] == 8
+  train.train_and_evaluate(_config(10), wd)
+  assert json.load(open(checkpoint.best_path(wd)))["step"] == 10
+  assert checkpoint._all_steps(wd) == [10]
+
+
+def test_keep_best_names_must_be_metrics():
+  c = _config(4)
+  c.keep_best = "samples.fidd"
+  with pytest.raises(train.ConfigError, match="keep_best='samples.fidd' is not a metric"):
+    train.validate_config(c)
+  assert evaluator.best_metric("reconstructions.psnr") == ("reconstructions", "psnr", False)
+  assert evaluator.best_record({"step": 3, "samples": {"fid": float("nan")}}, "samples.fid",
+                               None) is None
+  current = {"step": 1, "metric": "samples.fid", "value": 2.0, "features": "a"}
+  worse = {"step": 3, "features": "a", "samples": {"fid": 2.5}}
+  assert evaluator.best_record(worse, "samples.fid", current) is None
+  other_space = dict(worse, features="b")  # not comparable: it replaces the record
+  assert evaluator.best_record(other_space, "samples.fid", current)["step"] == 3
+  higher = {"step": 5, "features": "a", "reconstructions": {"psnr": 30.0}}
+  old = {"step": 1, "metric": "reconstructions.psnr", "value": 29.0, "features": "a"}
+  assert evaluator.best_record(higher, "reconstructions.psnr", old)["value"] == 30.0
