@@ -24,6 +24,7 @@ from experiments.configs import tiny
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import checkpoint
 from vaegan_jax import data as data_lib
+from vaegan_jax import trainer_utils
 from vaegan_jax import workdir_lock
 from vaegan_jax.evaluation import features
 
@@ -211,8 +212,21 @@ def test_feature_classifier_stopped_by_a_signal_is_not_used(tmp_path, monkeypatc
     return real_step(state, *a, **kw)
 
   monkeypatch.setattr(ac, "train_step", step_then_sigterm)
-  with pytest.raises(features.FeatureError, match="stopped at step 3 of 200.*rerun") as e:
+  with pytest.raises(trainer_utils.Preempted,
+                     match="step 3 of 200, its checkpoint 3 is saved in .*rerun") as e:
     features.classifier_features(tiny.get_config().data, directory=str(tmp_path))
   assert "\n" not in str(e.value)
   assert _steps(str(tmp_path)) == [3]
   assert not os.path.exists(os.path.join(str(tmp_path), "heldout_accuracy.json"))
+  # A signal before the resumed run's first step: what is said to be saved is what is saved.
+  real_resume = ac._resume
+
+  def sigterm_then_resume(*a, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_resume(*a, **kw)
+
+  monkeypatch.setattr(ac, "_resume", sigterm_then_resume)
+  with pytest.raises(trainer_utils.Preempted, match="step 3 of 200, before a new step: nothing "
+                     "new was saved"):
+    features.classifier_features(tiny.get_config().data, directory=str(tmp_path))
+  assert _steps(str(tmp_path)) == [3]

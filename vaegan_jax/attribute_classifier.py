@@ -628,9 +628,12 @@ def _train(config, root: str, info, stop: trainer_utils.StopRequest) -> Classifi
     close = getattr(batches, 'close', None)
     if close:
       close()
-  if stop.requested:
+  if stop.requested and s > start:
     logging.warning('Classifier preempted (%s): stopped after step %d of %d, checkpoint %d '
                     'saved; rerun to resume.', stop.signal_name, s, total, s)
+  elif stop.requested:
+    logging.warning('Classifier preempted (%s) before its first step (step %d of %d): nothing '
+                    'new to save; rerun to resume.', stop.signal_name, s, total)
   return make(state)
 
 

@@ -1,7 +1,9 @@
 """Where training metrics go: console, TensorBoard events, metrics.jsonl, PNG grids.
 
 Only process 0 writes (``enabled=False`` elsewhere). TensorBoard event files
-are written with tensorboardX, so no TensorFlow is needed.
+are written with tensorboardX, so no TensorFlow is needed. Nothing is created
+before the first write: a run refused before its first step (bad data found
+while setting up) leaves no empty event file or ``metrics.jsonl`` behind.
 """
 
 from __future__ import annotations
@@ -22,12 +24,24 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
-    self._tb = None
-    if enabled:
-      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    self._tb_writer = None
+    self._jsonl_file = None
+    if enabled:  # fail early where tensorboardX is missing, but create no file yet
+      import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+
+  @property
+  def _tb(self):
+    if self._tb_writer is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb_writer = SummaryWriter(logdir=self.workdir, flush_secs=30)
+    return self._tb_writer
+
+  @property
+  def _jsonl(self):
+    if self._jsonl_file is None:
+      os.makedirs(self.workdir, exist_ok=True)
+      self._jsonl_file = open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    return self._jsonl_file
 
   def write_scalars(self, step: int, scalars: Mapping[str, float],
                     console_extra: Optional[str] = None) -> None:
@@ -65,6 +79,7 @@ class MetricWriter:
     return path
 
   def close(self) -> None:
-    if self.enabled:
-      self._tb.close()
-      self._jsonl.close()
+    if self._tb_writer is not None:
+      self._tb_writer.close()
+    if self._jsonl_file is not None:
+      self._jsonl_file.close()

@@ -67,7 +67,10 @@ def prefetch_to_device(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
 def check_batch_size(global_batch_size: int) -> int:
   """Returns the per-device batch, or raises a one-line ValueError naming the fix."""
   n = jax.device_count()
-  if global_batch_size <= 0 or global_batch_size % n:
+  if isinstance(global_batch_size, bool) or int(global_batch_size) <= 0:
+    raise ValueError(f"batch_size={global_batch_size} must be a positive integer; use e.g. "
+                     f"--config.batch_size={64 if 64 % n == 0 else n}.")
+  if global_batch_size % n:
     fix = max(n, (global_batch_size // n) * n)
     raise ValueError(
         f"batch_size={global_batch_size} is not divisible by the {n} devices; "

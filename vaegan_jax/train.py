@@ -188,17 +188,23 @@ def _window_means(window: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
 
 
-def _check_finite(rstate) -> None:
+def _kept(mngr) -> str:
+  """What a stop keeps on disk, said truthfully: the newest checkpoint, or none."""
+  steps = mngr.all_steps() if mngr is not None else []
+  return (f"the last good checkpoint, {max(steps)}, is kept" if steps
+          else "no checkpoint had been saved yet")
+
+
+def _check_finite(rstate, mngr=None) -> None:
   bad_step = int(parallel.unreplicate(rstate.bad_step))
   if bad_step >= 0:
     names = ts.bad_terms_names(int(parallel.unreplicate(rstate.bad_terms)))
     raise NonFiniteLossError(
-        f"Non-finite loss ({', '.join(names)}) at step {bad_step}; training stopped and the "
-        "last good checkpoint is kept. Try a lower --config.learning_rate or "
-        "--config.balance=True.")
+        f"Non-finite loss ({', '.join(names)}) at step {bad_step}; training stopped and "
+        f"{_kept(mngr)}. Try a lower --config.learning_rate or --config.balance=True.")
 
 
-def _finite_host_state(rstate) -> ts.TrainState:
+def _finite_host_state(rstate, mngr=None) -> ts.TrainState:
   """The host copy of the state, refused if any value in it is NaN/inf."""
   # An owned copy: on CPU the unreplicated arrays may be views of device buffers
   # that the next step (donating its input) overwrites.
@@ -209,8 +215,7 @@ def _finite_host_state(rstate) -> ts.TrainState:
       if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
         raise NonFiniteLossError(
             f"Non-finite {group}{jax.tree_util.keystr(path)} after step {int(state.step)}; "
-            "training stopped and the last good checkpoint is kept. Try a lower "
-            "--config.learning_rate.")
+            f"training stopped and {_kept(mngr)}. Try a lower --config.learning_rate.")
   return state
 
 
@@ -308,7 +313,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
 def _restore(config, workdir: str, is_chief: bool) -> tuple[ts.TrainState, bool]:
   """(state, resumed): the newest good checkpoint, else a fresh state."""
   state = ts.create_train_state(config, jax.random.PRNGKey(config.seed))
-  restored = checkpoint.restore_latest(workdir, jax.device_get(state), quarantine=is_chief)
+  try:
+    restored = checkpoint.restore_latest(workdir, jax.device_get(state), quarantine=is_chief)
+  except checkpoint.CorruptCheckpointError:
+    raise
+  except checkpoint.CheckpointError:
+    # Another parameter tree: if the config says why (another kind, other data), say that.
+    try:
+      saved, _ = checkpoint.read_config(workdir, verify=False)
+    except checkpoint.CheckpointError:
+      saved = None
+    if saved is not None:
+      check_config_change(saved, config)
+    raise
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.assert_equal(
@@ -325,6 +342,12 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[ts.TrainState, bool]
 def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainState:
   state, _ = _restore(config, workdir, is_chief)
   start = int(state.step)
+  try:  # Before the first step, so that errors come early; may train a classifier.
+    extractor, no_features = _eval_features(config) if is_chief else (None, "")
+  except trainer_utils.Preempted as e:  # a preemption, wherever it lands: exit 0
+    logging.warning("%s No training step was run; checkpoint %s is the newest.", e,
+                    start if start else "none")
+    return state
   mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
   # The best checkpoint by an evaluation metric: every evaluated step is saved, and
   # a record names the best one, which pruning keeps.
@@ -346,8 +369,6 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   z_fixed = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n * n, arch.z_dim))
   eval_batch = _eval_batch(config, n * n)
 
-  extractor, no_features = _eval_features(config) if is_chief else (None, "")
-
   step_fn = ts.make_pmapped_step(config)
   rstate = parallel.replicate(state)
   del state
@@ -367,14 +388,14 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       in_flight.add(metrics)
       window.append(metrics)
       if pending is not None:  # step s's loss came from the pending state
-        _check_finite(rstate)
+        _check_finite(rstate, mngr)
         checkpoint.save(mngr, pending, config)
         pending, pending_best = None, _record_best(workdir, pending_best)
       # Also an early line 10 steps after compiling, when log_every is long (the
       # 64x64 configs on CPU would otherwise be silent for many minutes).
       early = config.log_every > 10 and s == start + 11
       if s % config.log_every == 0 or s == total or early:
-        _check_finite(rstate)
+        _check_finite(rstate, mngr)
         checkpoint.check_saves(mngr)
         means = _window_means(window)  # waits for the window's last step
         rate, text = progress.window(s)  # nothing for the compiling step alone
@@ -383,25 +404,25 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       if is_chief and (s % config.sample_every == 0 or s == total):
         _write_grids(writer, parallel.unreplicate(rstate), config, z_fixed, eval_batch, s)
       if is_chief and _eval_due(config, s, total) and not stop.requested:
-        _check_finite(rstate)
+        _check_finite(rstate, mngr)
         report = _evaluate(writer, workdir, parallel.unreplicate(rstate), config, extractor,
                            no_features)
         if keep_best and report:
           pending_best = evaluator.best_record(report, keep_best, checkpoint.read_best(workdir))
       if (s % config.checkpoint_every == 0 or s == total
           or (keep_best and _eval_due(config, s, total))):  # every process knows this
-        pending = _finite_host_state(rstate)
+        pending = _finite_host_state(rstate, mngr)
     if pending is not None and not stop.requested:
       # The last state's own loss: one more step, whose update is discarded.
       probe, _ = step_fn(rstate, next(batches))
-      _check_finite(probe)
+      _check_finite(probe, mngr)
       rstate = None
       checkpoint.save(mngr, pending, config)
       _record_best(workdir, pending_best)
     elif s > start and stop.requested:
       # No time to wait for another step: save what every value checks finite.
-      _check_finite(rstate)
-      checkpoint.save(mngr, pending or _finite_host_state(rstate), config)
+      _check_finite(rstate, mngr)
+      checkpoint.save(mngr, pending or _finite_host_state(rstate, mngr), config)
       if pending is not None:
         _record_best(workdir, pending_best)
     checkpoint.finish(mngr)

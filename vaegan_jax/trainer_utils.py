@@ -24,6 +24,11 @@ from absl import logging
 from vaegan_jax import parallel
 
 
+class Preempted(RuntimeError):
+  """A stop request (SIGTERM/SIGINT) ended a loop that another call started (the feature
+  classifier trained for an evaluation): a preemption, which binaries end with exit 0."""
+
+
 class StopRequest:
   """SIGTERM/SIGINT -> a flag checked before every step; all processes agree on it.
 

@@ -46,6 +46,7 @@ from absl import logging
 
 from vaegan_jax import attribute_classifier as ac
 from vaegan_jax import data
+from vaegan_jax import trainer_utils
 
 FEATURE_KINDS = ('auto', 'inception', 'classifier')
 INCEPTION_ENV = 'VAEGAN_INCEPTION_WEIGHTS'
@@ -218,11 +219,11 @@ def classifier_features(data_config: Any, *, directory: Optional[str] = None
 
 def _trained_classifier(config, directory: str, info) -> ac.Classifier:
   workdir = directory  # ac keeps its checkpoints in workdir/classifier.
-  done = False
+  done, started = False, 0
   if os.path.isdir(ac.classifier_dir(workdir)):
     try:
       clf, _ = ac.restore(workdir)
-      done = clf.step >= int(config.num_train_steps)
+      done, started = clf.step >= int(config.num_train_steps), clf.step
     except ac.ClassifierError as e:
       logging.warning('Cached classifier in %s unreadable (%s): retraining.', directory, e)
   if not done:
@@ -230,9 +231,11 @@ def _trained_classifier(config, directory: str, info) -> ac.Classifier:
                  'cached in %s).', info.name, config.num_train_steps, directory)
     clf = ac.train_and_evaluate(config, workdir)
     if clf.step < int(config.num_train_steps):  # SIGTERM/SIGINT: saved, not finished.
-      raise FeatureError(f'Training the {info.name} feature classifier was stopped at step '
-                         f'{clf.step} of {config.num_train_steps}; its checkpoint is kept in '
-                         f'{ac.classifier_dir(workdir)}: rerun to resume it.')
+      saved = (f'its checkpoint {clf.step} is saved in {ac.classifier_dir(workdir)}'
+               if clf.step > started else 'before a new step: nothing new was saved')
+      raise trainer_utils.Preempted(
+          f'Preempted while training the {info.name} feature classifier (step {clf.step} of '
+          f'{config.num_train_steps}, {saved}); rerun to resume.')
     eval_split = config.data.eval_split
     if eval_split:
       from vaegan_jax import sampling  # pylint: disable=g-import-not-at-top
