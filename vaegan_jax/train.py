@@ -188,7 +188,17 @@ def _window_means(window: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
 
 
-def _kept(mngr) -> str:
+def _save_on_failure(mngr, rstate, pending, config, s: int, start: int) -> str:
+  """Saves the last finished step (checked finite) after an input failure; says what is kept."""
+  if s == start:
+    return f"Nothing new to save; {_kept(mngr)}."
+  try:
+    _check_finite(rstate, mngr)
+    checkpoint.save(mngr, pending or _finite_host_state(rstate, mngr), config)
+    checkpoint.check_saves(mngr)
+  except (NonFiniteLossError, checkpoint.CheckpointError) as e:
+    return f"Step {s} was not saved ({str(e).splitlines()[0][:200]})."
+  return f"Step {s} is saved (checkpoint {s})."
   """What a stop keeps on disk, said truthfully: the newest checkpoint, or none."""
   steps = mngr.all_steps() if mngr is not None else []
   return (f"the last good checkpoint, {max(steps)}, is kept" if steps
@@ -380,7 +390,12 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   s = start
   try:
     while s < total and not stop.agreed(rstate):
-      rstate, metrics = step_fn(rstate, next(batches))
+      try:
+        batch = next(batches)
+      except data.InputWorkerError as e:  # as a preemption: keep the step reached
+        kept = _save_on_failure(mngr, rstate, pending, config, s, start)
+        raise data.InputWorkerError(f"{e} {kept}") from None
+      rstate, metrics = step_fn(rstate, batch)
       s += 1
       if s == start + 1:  # Rates and ETAs count from here: compiling is not training.
         jax.block_until_ready(metrics)

@@ -27,6 +27,7 @@ from vaegan_jax.data.pipeline import batch_dataset
 from vaegan_jax.data.pipeline import batch_iterator
 from vaegan_jax.data.pipeline import batch_plan
 from vaegan_jax.data.pipeline import global_batch_indices
+from vaegan_jax.data.pipeline import InputWorkerError
 from vaegan_jax.data.pipeline import preprocess
 from vaegan_jax.data.readers import config_value
 from vaegan_jax.data.readers import convert_tfds_examples

@@ -38,6 +38,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
+import threading
+import time
 from typing import Any, Iterator
 
 from absl import flags
@@ -282,13 +285,15 @@ def batch_iterator(data_config: Any, split: str, global_batch_size: int, *,
     _check_picklable(ds, config_value(data_config, "name"))
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in mp_prefetch
       flags.FLAGS.mark_as_parsed()  # (a notebook or test never parses them).
+    _start_resource_tracker()
     it = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(worker_processes),
-        per_worker_buffer_size=max(1, int(prefetch) // int(worker_processes))))
+        per_worker_buffer_size=max(1, int(prefetch) // int(worker_processes))),
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()))
   else:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(num_workers),
                                               prefetch_buffer_size=depth))
-  return _iterate(it, copy=bool(worker_processes))
+  return _iterate(it, copy=bool(worker_processes), worker_processes=int(worker_processes))
 
 
 def _check_picklable(ds: grain.MapDataset, name: str) -> None:
@@ -301,17 +306,81 @@ def _check_picklable(ds: grain.MapDataset, name: str) -> None:
         "use --config.data.worker_processes=0 (read threads).") from e
 
 
-def _iterate(dataset: grain.IterDataset, copy: bool) -> Iterator[dict[str, np.ndarray]]:
+class InputWorkerError(readers.DataError):
+  """An input worker process died (the kernel's OOM killer, a kill); one line naming the fix."""
+
+
+_WORKER_DIED = "Worker process was terminated unexpectedly"
+
+
+def _start_resource_tracker() -> None:
+  """Starts Python's shared-memory resource tracker, if not running, without its warning.
+
+  When a worker dies mid-batch, the segments it had created are unlinked by
+  the tracker when the trainer exits (nothing is left in /dev/shm), but the
+  tracker warns "There appear to be N leaked shared_memory objects" on the
+  way: a handled failure must not read like a second one.
+  """
+  from multiprocessing import resource_tracker  # pylint: disable=g-import-not-at-top
+  old = os.environ.get("PYTHONWARNINGS")
+  os.environ["PYTHONWARNINGS"] = ",".join(
+      w for w in (old, "ignore:resource_tracker:UserWarning") if w)
+  try:
+    resource_tracker.ensure_running()
+  finally:
+    if old is None:
+      del os.environ["PYTHONWARNINGS"]
+    else:
+      os.environ["PYTHONWARNINGS"] = old
+
+
+def _die_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """In each input worker (grain's ``worker_init_fn``): exit when the trainer is gone.
+
+  A trainer killed with SIGKILL runs no cleanup, and its workers (~200 MB each)
+  would live on, re-parented. A daemon thread polls the parent pid once a
+  second; ``prctl(PR_SET_PDEATHSIG)`` is not used because it fires when the
+  *thread* that started the worker exits, which need not be the trainer's end.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while True:
+      if os.getppid() != parent_pid:
+        os._exit(0)  # pylint: disable=protected-access
+      time.sleep(1.0)
+
+  threading.Thread(target=watch, name="die_with_parent", daemon=True).start()
+
+
+def _iterate(dataset: grain.IterDataset, copy: bool,
+             worker_processes: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Yields from grain's iterator (its workers start on the first next).
 
   With worker processes grain hands over arrays in shared memory; ``copy``
   makes them plain arrays at once, so no shared block outlives the iterator.
+  A worker that dies becomes ``InputWorkerError`` (one line), and the
+  iterator is closed: the other workers stop and their shared memory is freed.
   """
   it = iter(dataset)
   try:
     for batch in it:
       yield {k: np.array(v) for k, v in batch.items()} if copy else batch
+  except RuntimeError as e:
+    if not worker_processes or _WORKER_DIED not in str(e):
+      raise
+    code = re.search(r"exit code (-?\d+)", str(e))
+    how = f"exit code {code.group(1)}" if code else "no exit code"
+    if code and code.group(1) == "-9":
+      how += ": killed, as the kernel's OOM killer does"
+    raise InputWorkerError(
+        f"An input worker process died ({how}); use fewer workers "
+        f"(--config.data.worker_processes={max(0, worker_processes // 2)}; 0 reads in threads) "
+        "or give the machine more memory, then rerun to resume.") from None
   finally:
     close = getattr(it, "close", None)
     if close is not None:
-      close()
+      try:
+        close()
+      except AssertionError:  # grain 0.2.18 joins a worker it never started when one died
+        pass
