@@ -92,7 +92,7 @@ def _axpy(a, x, y=None):
 
 
 def _norm(tree):
-  return float(optax.global_norm(tree))
+  return float(optax.tree.norm(tree))
 
 
 _SLOW = pytest.mark.slow  # The default suite keeps one case of each option; CI runs all.

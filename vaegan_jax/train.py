@@ -199,6 +199,9 @@ def _save_on_failure(mngr, rstate, pending, config, s: int, start: int) -> str:
   except (NonFiniteLossError, checkpoint.CheckpointError) as e:
     return f"Step {s} was not saved ({str(e).splitlines()[0][:200]})."
   return f"Step {s} is saved (checkpoint {s})."
+
+
+def _kept(mngr) -> str:
   """What a stop keeps on disk, said truthfully: the newest checkpoint, or none."""
   steps = mngr.all_steps() if mngr is not None else []
   return (f"the last good checkpoint, {max(steps)}, is kept" if steps
