@@ -17,3 +17,19 @@ def test_progress_rates_exclude_compiling_and_reset_each_window(monkeypatch):
   clock[0] += 1.0  # Steps 22..26 in 1 s: the window restarts at 21.
   rate, _ = p.window(26)
   assert rate == {"images_per_sec": 20.0}
+
+
+def test_a_signal_caught_by_a_nested_stop_request_reaches_the_enclosing_one():
+  """The feature classifier's loop runs inside the trainer's: a SIGTERM that its request
+  caught as it finished must still stop the trainer (it was lost before)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  with trainer_utils.StopRequest() as outer:
+    with trainer_utils.StopRequest() as inner:
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert inner.requested
+    assert outer.requested and outer.signal_name == "SIGTERM"
+  with trainer_utils.StopRequest() as outer:
+    with trainer_utils.StopRequest():
+      pass
+    assert not outer.requested

@@ -304,6 +304,12 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
   """Trains ``config.kind`` until ``config.num_train_steps``; returns the host state."""
+  # From the first line on, a SIGTERM/SIGINT is a clean stop (exit 0), not a kill.
+  with StopRequest() as stop:
+    return _train_locked(config, workdir, stop)
+
+
+def _train_locked(config, workdir: str, stop: StopRequest) -> ts.TrainState:
   info = validate_config(config)
   _check_workdir(workdir)
   logging.info("Training %s for %d steps of batch %d on %s split %r (%d examples, %dx%dx%d) "
@@ -317,8 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   if is_chief:
     lock.acquire()
   try:
-    with StopRequest() as stop:
-      return _train(config, workdir, is_chief, stop)
+    return _train(config, workdir, is_chief, stop)
   finally:
     lock.release()
 
@@ -355,6 +360,10 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[ts.TrainState, bool]
 def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainState:
   state, _ = _restore(config, workdir, is_chief)
   start = int(state.step)
+  if stop.requested and jax.process_count() == 1:  # before anything costly
+    logging.warning("Stopped (%s) before the first step; nothing new to save.",
+                    stop.signal_name)
+    return state
   try:  # Before the first step, so that errors come early; may train a classifier.
     extractor, no_features = _eval_features(config) if is_chief else (None, "")
   except trainer_utils.Preempted as e:  # a preemption, wherever it lands: exit 0

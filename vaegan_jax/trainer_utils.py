@@ -83,6 +83,12 @@ class StopRequest:
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+    # A nested request (the feature classifier's, inside the trainer's) hands a signal
+    # on to the enclosing one: one that came as the inner loop finished is not lost.
+    outer = self._old.get(signal.SIGTERM)
+    if self.requested and isinstance(getattr(outer, "__self__", None), StopRequest):
+      outer.__self__.requested = True
+      outer.__self__.signal_name = outer.__self__.signal_name or self.signal_name
 
 
 @functools.lru_cache(maxsize=None)
