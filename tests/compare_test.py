@@ -143,3 +143,21 @@ def test_spectrum_bands_on_a_blur():
   np.testing.assert_allclose(same, 1.0)
   blurred = compare.spectrum_bands(ndimage.gaussian_filter(x, (0, 1.0, 1.0, 0)), x)
   assert blurred == sorted(blurred, reverse=True) and blurred[-1] < 0.05 < blurred[0]
+
+
+def test_figures_put_training_images_above_samples_and_held_out_above_reconstructions(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  n, s = compare.FIGURE_IMAGES, 4
+  real = np.ones((n, s, s, 1))  # white
+  held = {"image": -np.ones((n, s, s, 1))}  # black
+  grey = np.zeros((n, s, s, 1))
+  figures = {("vae", False): {"samples": grey, "reconstructions": grey}}
+  compare._figures(str(tmp_path), figures, held, real, ("vae",), ())
+  scale = compare.FIGURE_SCALE
+  for name, top in (("fig_samples.png", 255), ("fig_reconstructions.png", 0)):
+    png = np.asarray(Image.open(tmp_path / name))
+    assert png.shape[0] == (2 * (s + 2) + 2) * scale  # two rows, enlarged
+    first = png[2 * scale:(2 + s) * scale, 2 * scale:(2 + s) * scale]  # first tile
+    second = png[(4 + s) * scale:(4 + 2 * s) * scale, 2 * scale:(2 + s) * scale]
+    assert (first == top).all(), name
+    assert (second == 128).all(), name

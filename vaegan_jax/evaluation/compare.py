@@ -279,15 +279,14 @@ def run_comparison(base: ml_collections.ConfigDict, outdir: str, *, seeds: int =
 
 def _figures(outdir, figures, held, real, kinds, conditional_kinds) -> None:
   """fig_samples.png: real training images, then one row per kind; fig_reconstructions.png:
-  held-out real row, then a row
-  per kind with an encoder; fig_conditional.png: one row per conditional kind
-  (column j is class j mod 10)."""
-  real = held["image"][:FIGURE_IMAGES]
+  the held-out real images, then a row per kind with an encoder; fig_conditional.png: one
+  row per conditional kind (column j is class j mod 10)."""
   _kind_figure(os.path.join(outdir, "fig_samples.png"),
                [real[:FIGURE_IMAGES]] + [figures[(k, False)]["samples"] for k in kinds
                                          if (k, False) in figures])
-  rows = [real] + [figures[(k, False)]["reconstructions"] for k in kinds
-                   if (k, False) in figures and figures[(k, False)]["reconstructions"] is not None]
+  rows = [held["image"][:FIGURE_IMAGES]] + [
+      figures[(k, False)]["reconstructions"] for k in kinds
+      if (k, False) in figures and figures[(k, False)]["reconstructions"] is not None]
   _kind_figure(os.path.join(outdir, "fig_reconstructions.png"), rows)
   cond = [figures[(k, True)]["samples"] for k in conditional_kinds if (k, True) in figures]
   if cond:
