@@ -15,6 +15,15 @@ turns that off). It also times the
 routed single-backward step against the naive step (three
 ``jax.value_and_grad`` calls, one per network), and the input pipeline alone.
 Needs no TensorFlow, so it runs on the GPU machine too.
+
+With ``--torch`` (default) and torch importable, each row also times the
+PyTorch reference of the same model (``experiments/torch_reference.py``: same
+layers, losses, routing and batch composition, one routed backward, torch's
+RMSprop) in the same process, on the same device (cuda when JAX's backend is
+gpu, else cpu), batch and dtype, over the same ``--steps`` after ``--warmup``;
+the row gets ``torch_step_s_median``, ``torch_images_per_s`` and
+``ours_over_torch`` = our step time / torch's (> 1: ours is slower). Without
+torch the column stays blank. Torch is imported only when a row is timed.
 """
 
 from __future__ import annotations
@@ -59,6 +68,11 @@ flags.DEFINE_bool("input_pipeline", True, "Also time the input pipeline alone: d
                   "CelebA-format files with threads and with worker processes.")
 flags.DEFINE_integer("celeba_batches", 16, "Timed batches of the CelebA-format input rows.")
 flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch reference (experiments/torch_reference.py) "
+                  "of each row, if torch is importable.")
+flags.DEFINE_bool("torch_compile", False, "torch.compile the reference's loss (slow to compile).")
+flags.DEFINE_enum("torch_routing", "single", ["single", "three"],
+                  "The reference's gradients: one routed backward (ours) or three autograd.grad.")
 
 
 def row_config(name: str) -> ml_collections.ConfigDict:
@@ -177,7 +191,52 @@ def bench_row(name: str, peak: float) -> dict:
              peak_memory_gib=_memory(compiled) / 2**30)
   if FLAGS.naive and config.kind in ("vaegan", "vae_dis_l", "gan"):
     row.update(bench_naive(config, state))
+  if FLAGS.torch:
+    rstate.clear()  # Our replicated state's buffers go back to JAX's pool.
+    row.update(bench_torch(config, med))
   return row
+
+
+_TORCH_REFERENCE = []
+
+
+def _torch_reference():
+  """experiments.torch_reference, or None where torch is not importable."""
+  if not _TORCH_REFERENCE:
+    try:
+      from experiments import torch_reference  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      torch_reference = None
+    _TORCH_REFERENCE.append(torch_reference)
+  return _TORCH_REFERENCE[0]
+
+
+def bench_torch(config, ours_step_s: float) -> dict:
+  """The PyTorch reference's step on the same device, batch and dtype ({} without torch)."""
+  tr = _torch_reference()
+  if tr is None:
+    return {}
+  device = "cpu"
+  if jax.default_backend() == "gpu":
+    if not tr.torch.cuda.is_available():
+      return dict(torch_error="JAX runs on gpu but torch has no CUDA device; not timed")
+    device = "cuda"
+  elif jax.default_backend() != "cpu":
+    return dict(torch_error=f"no torch device for JAX backend {jax.default_backend()!r}")
+  try:
+    r = tr.time_train_step(config, config.batch_size, config.model.dtype, device,
+                           steps=FLAGS.steps, warmup=FLAGS.warmup, compile=FLAGS.torch_compile,
+                           routing=FLAGS.torch_routing)
+  except Exception as e:  # pylint: disable=broad-except  (e.g. out of GPU memory: JAX holds most)
+    if device == "cuda":
+      tr.torch.cuda.empty_cache()
+    return dict(torch_error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+  out = {f"torch_{k}": v for k, v in r.items()
+         if k in ("step_s_median", "step_s_p10", "step_s_p90", "images_per_s", "first_step_s",
+                  "device", "routing", "compile", "num_threads", "peak_memory_gib")}
+  out["torch_version"] = r["torch_version"]
+  out["ours_over_torch"] = ours_step_s / r["step_s_median"]
+  return out
 
 
 def bench_naive(config, state) -> dict:
@@ -232,7 +291,8 @@ def bench_input_pipeline(batch_size: int, batches: int = 50) -> list[dict]:
 
 def _fmt(rows: list[dict], peak: float) -> str:
   head = (f"{'row':<34} {'img/s':>8} {'step s (p10-p90)':>20} {'compile s':>9} "
-          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'naive/routed':>12}")
+          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'naive/routed':>12} "
+          f"{'torch img/s':>11} {'ours/torch':>10}")
   lines = [f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
            f"matmul peak {peak / 1e9:.0f} GFLOP/s ({FLAGS.dtype}), "
            f"glibc huge pages {'on' if host_memory.active() else 'off'}", head, "-" * len(head)]
@@ -241,13 +301,22 @@ def _fmt(rows: list[dict], peak: float) -> str:
       lines.append(f"{r['row']:<34} {r['images_per_s']:>8.0f}   ({r['workers']})")
       continue
     ratio = r.get("naive_over_routed")
+    t_rate, t_ratio = r.get("torch_images_per_s"), r.get("ours_over_torch")
     lines.append(
         f"{r['row']:<34} {r['images_per_s']:>8.1f} "
         f"{r['step_s_median']:>7.3f} ({r['step_s_p10']:.3f}-{r['step_s_p90']:.3f}) "
         f"{r['compile_s']:>9.1f} {r['flops_per_step'] / 1e9:>10.1f} "
         f"{r['flops_per_s'] / 1e9:>8.1f} {100 * r['fraction_of_matmul_peak']:>6.1f}% "
-        f"{r['peak_memory_gib']:>8.2f} {'' if ratio is None else f'{ratio:.2f}x':>12}")
+        f"{r['peak_memory_gib']:>8.2f} {'' if ratio is None else f'{ratio:.2f}x':>12} "
+        f"{'' if t_rate is None else f'{t_rate:.1f}':>11} "
+        f"{'' if t_ratio is None else f'{t_ratio:.2f}x':>10}"
+        + (f"  torch: {r['torch_error']}" if "torch_error" in r else ""))
   return "\n".join(lines)
+
+
+def _torch_version():
+  tr = _torch_reference() if FLAGS.torch else None
+  return None if tr is None else tr.torch.__version__
 
 
 def main(argv):
@@ -265,7 +334,8 @@ def main(argv):
       json.dump(dict(device=jax.devices()[0].device_kind, device_count=jax.device_count(),
                      backend=jax.default_backend(), jax_version=jax.__version__,
                      matmul_peak_flops=peak, dtype=FLAGS.dtype,
-                     glibc_hugepages=host_memory.active(), rows=rows), f, indent=2)
+                     glibc_hugepages=host_memory.active(), torch_version=_torch_version(),
+                     rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def test_console_shows_the_projects_lines_only(run):
   _, err = run
   lines = err.strip().splitlines()
   assert not [l for l in lines if "orbax" in l or "checkpoint_manager" in l or "libtpu" in l]
-  assert "Training vaegan for 4 steps of batch 16 on digits" in lines[0]
+  assert ("Training vaegan for 4 steps of batch 16 (2 per device, float32 compute, 1 step(s) "
+          "per dispatch) on digits") in lines[0]
   assert "Compiled and ran step 1 in" in err
   assert len(lines) <= 6, lines  # intro, compiled, 2 progress lines (+ resume/warnings)
   # --verbose brings the libraries' INFO lines back.

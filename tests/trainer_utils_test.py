@@ -33,3 +33,29 @@ def test_a_signal_caught_by_a_nested_stop_request_reaches_the_enclosing_one():
     with trainer_utils.StopRequest():
       pass
     assert not outer.requested
+
+
+def test_progress_reports_the_share_of_the_window_spent_waiting_for_input(monkeypatch):
+  clock = [0.0]
+  monkeypatch.setattr(trainer_utils.time, "time", lambda: clock[0])
+  p = trainer_utils.Progress(start=0, total=100, batch_size=8)
+  p.compiled(1)
+  clock[0] += 4.0
+  p.waited(1.0)
+  rate, text = p.window(11)
+  assert rate == {"images_per_sec": 20.0, "input_wait_fraction": 0.25}
+  assert "input wait 25%" in text
+  clock[0] += 1.0
+  assert p.window(16)[0]["input_wait_fraction"] == 0.0  # reset each window
+
+
+def test_an_unused_gpu_or_tpu_is_named_with_the_install_command(monkeypatch):
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  gpu = lambda path: path == "/dev/nvidiactl"
+  assert "pip install -e '.[cuda12]'" in trainer_utils.unused_accelerator("cpu", gpu)
+  assert trainer_utils.unused_accelerator("gpu", gpu) == ""
+  tpu = lambda path: path == "/dev/accel0"
+  assert "pip install -e '.[tpu]'" in trainer_utils.unused_accelerator("cpu", tpu)
+  assert trainer_utils.unused_accelerator("cpu", lambda path: False) == ""
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert trainer_utils.unused_accelerator("cpu", gpu) == ""

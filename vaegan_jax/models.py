@@ -28,6 +28,15 @@ follow the paper and the code's choices are options:
   * init: unspecified in the paper -> LeCun normal; code uses uniform
     +-1/sqrt(3 fan_in) (``init='authors'``).
 
+Precision (``dtype``, tests/bf16_test.py): parameters are float32 always.
+With ``dtype='bfloat16'`` the convs and the hidden dense layers take bf16
+inputs and kernels (float32 accumulation) and give bf16 activations, so their
+cotangents are bf16 too; float32 stay BN (statistics, normalisation, its
+backward; ``_bn``), the bias adds (``layers._add_bias``), the heads (mu,
+logvar, Dis's logit: small; the losses read them directly, and their bias
+gradients, sums over the batch, would be bf16 sums) and every output (mu,
+logvar, x~ after its tanh, Dis_l, the logit).
+
 Conditional models (``num_attributes > 0``, paper Sec. 5.3): the attribute
 vector y (B, A) is tiled spatially and appended to the input image of Enc and
 Dis, appended to z for Dec, and appended to the dense inputs of Enc and Dis,
@@ -133,9 +142,25 @@ def _kinit(arch: Architecture, transposed: bool = False):
 
 def _bn(arch: Architecture, train: bool, axis_name: Optional[str], eps: float,
         name: Optional[str] = None):
-  return nn.BatchNorm(use_running_average=not train, momentum=arch.bn_momentum,
-                      epsilon=eps, axis_name=axis_name if train else None,
-                      dtype=arch.compute_dtype, param_dtype=jnp.float32, name=name)
+  """BatchNorm whose statistics, normalisation and backward pass are float32.
+
+  Returns ``h -> BN(h)`` in the compute dtype. Under ``dtype='bfloat16'``:
+  scale/bias are float32 parameters, the running mean/var are stored and the
+  batch mean/var computed in float32 (``force_float32_reductions``, pinned
+  here), and ``(h - mean) * scale / std + bias`` is evaluated in float32 and
+  rounded to bf16 once. The input is upcast here, exactly, before the module
+  sees it: Flax uses ``h`` twice (in the statistics and in ``h - mean``), and
+  with a bf16 ``h`` each use's cotangent was rounded to bf16 before the two
+  were summed. The two nearly cancel where the incoming gradient has a large
+  mean (BN's backward subtracts it): for one of mean 10 and std 1, the input
+  gradient was 2.6 % off the float64 one, 15x bf16's 0.17 % rounding error,
+  which it is now (tests/bf16_test.py). float32 models are unchanged.
+  """
+  bn = nn.BatchNorm(use_running_average=not train, momentum=arch.bn_momentum,
+                    epsilon=eps, axis_name=axis_name if train else None,
+                    dtype=arch.compute_dtype, param_dtype=jnp.float32,
+                    force_float32_reductions=True, name=name)
+  return lambda h: bn(h.astype(jnp.promote_types(h.dtype, jnp.float32)))
 
 
 def _tile(y: Array, x: Array) -> Array:
@@ -165,8 +190,9 @@ class Encoder(nn.Module):
     h = nn.Dense(a.enc_dense, use_bias=False, dtype=a.compute_dtype,
                  kernel_init=_kinit(a), name="dense")(h)
     h = nn.relu(_bn(a, train, self.axis_name, a.bn_eps_dense, "bn_dense")(h))
-    mu = nn.Dense(a.z_dim, dtype=a.compute_dtype, kernel_init=_kinit(a), name="mu_head")(h)
-    logvar = nn.Dense(a.z_dim, dtype=a.compute_dtype, kernel_init=_kinit(a),
+    # The heads run in float32 (bf16 models too; the module docstring).
+    mu = nn.Dense(a.z_dim, dtype=jnp.float32, kernel_init=_kinit(a), name="mu_head")(h)
+    logvar = nn.Dense(a.z_dim, dtype=jnp.float32, kernel_init=_kinit(a),
                       name="logvar_head")(h)
     return mu.astype(jnp.float32), logvar.astype(jnp.float32)
 
@@ -231,7 +257,7 @@ class Discriminator(nn.Module):
     h = nn.Dense(a.dis_dense, use_bias=False, dtype=a.compute_dtype,
                  kernel_init=_kinit(a), name="dense")(h)
     h = nn.relu(_bn(a, train, self.axis_name, a.bn_eps_dense, "bn_dense")(h))
-    logit = nn.Dense(1, dtype=a.compute_dtype, kernel_init=_kinit(a), name="logit_head")(h)
+    logit = nn.Dense(1, dtype=jnp.float32, kernel_init=_kinit(a), name="logit_head")(h)
     return logit[:, 0].astype(jnp.float32), dis_l
 
 

@@ -49,14 +49,36 @@ def shard(batch: Any) -> Any:
       lambda a: jax.device_put(np.asarray(a).reshape((n, -1) + a.shape[1:]), sharding), batch)
 
 
-def prefetch_to_device(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
-  """Shards and transfers the next ``size`` batches while the current one runs."""
+def shard_block(batches: list) -> Any:
+  """k batches of (B_process, ...) -> (n_local, k, B_process / n_local, ...) on devices.
+
+  Device d gets the same slice of every batch that ``shard`` would give it, so
+  a block of k steps sees exactly the k single steps' data.
+  """
+  n = jax.local_device_count()
+  sharding = _sharding()
+
+  def put(*arrays):
+    a = np.stack([np.asarray(x) for x in arrays])  # (k, B, ...)
+    a = a.reshape((a.shape[0], n, -1) + a.shape[2:]).swapaxes(0, 1)
+    return jax.device_put(np.ascontiguousarray(a), sharding)
+  return jax.tree.map(put, *batches)
+
+
+def prefetch_to_device(iterator: Iterable[Any], size: int = 2, put=None) -> Iterator[Any]:
+  """Shards and transfers the next ``size`` batches while the current one runs.
+
+  ``put`` places one item (default ``shard``; ``shard_block`` for lists of batches).
+  The transfers are asynchronous, so the next items are on the devices before
+  the loop asks for them.
+  """
+  put = shard if put is None else put
   queue = collections.deque()
   it = iter(iterator)
 
   def enqueue(n):
     for batch in itertools.islice(it, n):
-      queue.append(shard(batch))
+      queue.append(put(batch))
 
   enqueue(size)
   while queue:

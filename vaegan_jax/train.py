@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import math
 import os
+import time
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -77,7 +80,8 @@ EXPERIMENT_FIELDS = ("kind", "data.name", "data.folder", "data.train_split",
 RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
                   "keep_checkpoints", "keep_best", "num_sample_images", "eval_every", "eval_num",
                   "eval_features", "eval_inception_weights", "allow_config_change",
-                  "model.conv_impl", "data.data_dir", "data.manual_dir")
+                  "model.conv_impl", "data.data_dir", "data.manual_dir",
+                  "steps_per_dispatch")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> data.DatasetInfo:
@@ -96,9 +100,11 @@ def _validate(config):
   ts.LossConfig.from_config(config).validate()
   if config.lr_schedule not in ("constant", "authors"):
     raise ValueError(f"lr_schedule must be 'constant' or 'authors', got {config.lr_schedule!r}.")
-  for k in ("num_train_steps", "log_every", "checkpoint_every", "sample_every"):
-    if int(config[k]) <= 0:
-      raise ValueError(f"{k} must be positive, got {config[k]}; e.g. --config.{k}=100.")
+  for k in ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
+            "steps_per_dispatch"):
+    if int(config.get(k, 1)) <= 0:
+      raise ValueError(f"{k} must be positive, got {config[k]}; e.g. "
+                       f"--config.{k}={10 if k == 'steps_per_dispatch' else 100}.")
   if int(config.keep_checkpoints) < 1:
     raise ValueError(f"keep_checkpoints must be >= 1 (it would delete every checkpoint), "
                      f"got {config.keep_checkpoints}; e.g. --config.keep_checkpoints=3.")
@@ -184,8 +190,8 @@ def _window_means(window: list[dict]) -> dict[str, float]:
   (docs/performance.md). A jitted mean would compile again for every window
   length.
   """
-  host = jax.device_get(window)
-  return {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
+  host = jax.device_get(window)  # (devices,) or (devices, k) per dispatch: mean over steps
+  return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
 
 
 def _save_on_failure(mngr, rstate, pending, config, s: int, start: int) -> str:
@@ -199,6 +205,35 @@ def _save_on_failure(mngr, rstate, pending, config, s: int, start: int) -> str:
   except (NonFiniteLossError, checkpoint.CheckpointError) as e:
     return f"Step {s} was not saved ({str(e).splitlines()[0][:200]})."
   return f"Step {s} is saved (checkpoint {s})."
+
+
+def dispatch_sizes(config, start: int, total: int, k: int) -> Iterator[int]:
+  """Steps per dispatch from ``start`` (``config.steps_per_dispatch`` = k > 1).
+
+  At most k, and every block ends where the loop logs, writes grids, evaluates
+  or checkpoints, so those happen at the same steps as with k = 1; then blocks
+  of k for the final probe (and the prefetcher's read-ahead). Each distinct
+  length compiles once: k dividing every ``*_every`` keeps it to one (plus the
+  last block, and the first after resuming from a step that k does not divide).
+  """
+  every = [int(config[f]) for f in ("log_every", "sample_every", "checkpoint_every")]
+  every += [int(config.eval_every)] if int(config.get("eval_every", 0)) else []
+  s = start
+  while s < total:
+    n = min([k, total - s] + [e - s % e for e in every])
+    yield n
+    s += n
+  while True:
+    yield k
+
+
+def _save_pending(mngr, rstate, pending, config) -> None:
+  """Saves ``pending`` (the host state of step p) unless its own loss, computed by
+  the dispatch after it (``rstate``), was non-finite: then raises, naming it."""
+  bad = int(parallel.unreplicate(rstate.bad_step))
+  if 0 <= bad <= int(pending.step):
+    _check_finite(rstate, mngr)
+  checkpoint.save(mngr, pending, config)
 
 
 def _kept(mngr) -> str:
@@ -312,12 +347,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
 def _train_locked(config, workdir: str, stop: StopRequest) -> ts.TrainState:
   info = validate_config(config)
   _check_workdir(workdir)
-  logging.info("Training %s for %d steps of batch %d on %s split %r (%d examples, %dx%dx%d) "
-               "on %d %s device(s), %d process(es); outputs in %s.", config.kind,
-               config.num_train_steps, config.batch_size, info.name, config.data.train_split,
-               info.num_examples, info.image_size, info.image_size, info.channels,
-               jax.device_count(), jax.devices()[0].platform.upper(), jax.process_count(),
-               os.path.abspath(workdir))
+  hint = trainer_utils.unused_accelerator(jax.default_backend())
+  if hint:
+    logging.warning("%s", hint)
+  logging.info("Training %s for %d steps of batch %d (%d per device, %s compute, %d step(s) per "
+               "dispatch) on %s split %r (%d examples, %dx%dx%d) on %d %s device(s) (%s), "
+               "%d process(es); outputs in %s.", config.kind, config.num_train_steps,
+               config.batch_size, config.batch_size // jax.device_count(),
+               config.model.get("dtype", "float32"), int(config.get("steps_per_dispatch", 1)),
+               info.name, config.data.train_split, info.num_examples, info.image_size,
+               info.image_size, info.channels, jax.device_count(),
+               jax.devices()[0].platform.upper(), jax.devices()[0].device_kind,
+               jax.process_count(), os.path.abspath(workdir))
   is_chief = jax.process_index() == 0
   lock = workdir_lock.WorkdirLock(workdir)
   if is_chief:
@@ -386,12 +427,22 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(),
       worker_processes=config.data.get("worker_processes", 0))
-  batches = parallel.prefetch_to_device(({k: b[k] for k in keys} for b in host_batches))
+  per_step = ({k: b[k] for k in keys} for b in host_batches)
+  k_dispatch = int(config.get("steps_per_dispatch", 1))
+  if k_dispatch > 1 and jax.default_backend() == "cpu":
+    logging.warning("steps_per_dispatch=%d on CPU: XLA:CPU runs a scanned step about 9x "
+                    "slower than single steps (docs/performance.md); use 1 on CPU.", k_dispatch)
+  if k_dispatch == 1:
+    batches = parallel.prefetch_to_device(per_step)
+  else:  # blocks of k batches, cut at every boundary where the loop acts
+    sizes = dispatch_sizes(config, start, config.num_train_steps, k_dispatch)
+    batches = parallel.prefetch_to_device(
+        (list(itertools.islice(per_step, n)) for n in sizes), put=parallel.shard_block)
   n = int(np.sqrt(config.num_sample_images))
   z_fixed = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n * n, arch.z_dim))
   eval_batch = _eval_batch(config, n * n)
 
-  step_fn = ts.make_pmapped_step(config)
+  step_fn = ts.make_pmapped_step(config, block=k_dispatch > 1)
   rstate = parallel.replicate(state)
   del state
   window = []
@@ -399,28 +450,31 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
   progress = trainer_utils.Progress(start, total, config.batch_size)
   in_flight = trainer_utils.InFlight()
   pending = None  # host state of a checkpoint step, saved once the next loss is finite
-  s = start
+  s, early_done = start, False
   try:
     while s < total and not stop.agreed(rstate):
+      t_wait = time.time()
       try:
         batch = next(batches)
       except data.InputWorkerError as e:  # as a preemption: keep the step reached
         kept = _save_on_failure(mngr, rstate, pending, config, s, start)
         raise data.InputWorkerError(f"{e} {kept}") from None
+      progress.waited(time.time() - t_wait)
       rstate, metrics = step_fn(rstate, batch)
-      s += 1
-      if s == start + 1:  # Rates and ETAs count from here: compiling is not training.
+      s += 1 if k_dispatch == 1 else batch["image"].shape[1]
+      if not progress.has_compiled:  # Rates and ETAs count from here: compiling is not training.
         jax.block_until_ready(metrics)
         progress.compiled(s)
       in_flight.add(metrics)
       window.append(metrics)
-      if pending is not None:  # step s's loss came from the pending state
-        _check_finite(rstate, mngr)
-        checkpoint.save(mngr, pending, config)
+      if pending is not None:  # this dispatch's first loss came from the pending state
+        _save_pending(mngr, rstate, pending, config)
         pending, pending_best = None, _record_best(workdir, pending_best)
+        _check_finite(rstate, mngr)
       # Also an early line 10 steps after compiling, when log_every is long (the
       # 64x64 configs on CPU would otherwise be silent for many minutes).
-      early = config.log_every > 10 and s == start + 11
+      early = config.log_every > 10 and not early_done and s >= start + 11
+      early_done = early_done or early
       if s % config.log_every == 0 or s == total or early:
         _check_finite(rstate, mngr)
         checkpoint.check_saves(mngr)
@@ -439,14 +493,16 @@ def _train(config, workdir: str, is_chief: bool, stop: StopRequest) -> ts.TrainS
       if (s % config.checkpoint_every == 0 or s == total
           or (keep_best and _eval_due(config, s, total))):  # every process knows this
         pending = _finite_host_state(rstate, mngr)
-    if pending is not None and not stop.requested:
-      # The last state's own loss: one more step, whose update is discarded.
+    # Every process takes the same branch: a stop they agreed on ends the loop early;
+    # a signal that came after the last agreement is a stop on one process only.
+    stopped = s < total or (stop.requested and jax.process_count() == 1)
+    if pending is not None and not stopped:
+      # The last state's own loss: one more dispatch, whose update is discarded.
       probe, _ = step_fn(rstate, next(batches))
-      _check_finite(probe, mngr)
       rstate = None
-      checkpoint.save(mngr, pending, config)
+      _save_pending(mngr, probe, pending, config)
       _record_best(workdir, pending_best)
-    elif s > start and stop.requested:
+    elif s > start and stopped:
       # No time to wait for another step: save what every value checks finite.
       _check_finite(rstate, mngr)
       checkpoint.save(mngr, pending or _finite_host_state(rstate, mngr), config)

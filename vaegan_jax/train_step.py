@@ -322,13 +322,34 @@ def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[st
   return new_state, metrics
 
 
-def make_pmapped_step(config, donate: bool = True):
-  """``train_step`` pmapped over local devices with axis 'batch'.
+def train_block(state: TrainState, block: dict, *, config,
+                axis_name: Optional[str] = "batch"):
+  """``k`` routed updates in one dispatch: ``lax.scan`` of ``train_step`` over a block.
+
+  Args:
+    state: TrainState.
+    block: like ``train_step``'s batch with a leading step axis, e.g.
+      {'image': (k, B_local, H, W, C)}: batch i is step ``state.step + i``'s.
+  Returns:
+    (new_state after k steps, metrics stacked to (k,) each).
+
+  Every step inside is ``train_step`` itself (noise from fold_in(rng, step),
+  the same routing and updates), so a block of k equals k single steps; it
+  saves the host k - 1 dispatches, which bound the small models on a GPU.
+  """
+  return lax.scan(lambda s, b: train_step(s, b, config=config, axis_name=axis_name),
+                  state, block)
+
+
+def make_pmapped_step(config, donate: bool = True, block: bool = False):
+  """``train_step`` (or ``train_block`` if ``block``) pmapped over local devices.
 
   Under multi-host ``jax.distributed``, the collectives span every device of
-  every process. The state is donated: do not reuse the input state.
+  every process. The state is donated: do not reuse the input state. A block
+  compiles once per block length (the scan's length is the batch's shape).
   """
-  return jax.pmap(functools.partial(train_step, config=config, axis_name="batch"),
+  fn = train_block if block else train_step
+  return jax.pmap(functools.partial(fn, config=config, axis_name="batch"),
                   axis_name="batch", donate_argnums=(0,) if donate else ())
 
 

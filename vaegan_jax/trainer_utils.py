@@ -24,6 +24,23 @@ from absl import logging
 from vaegan_jax import parallel
 
 
+def unused_accelerator(backend: str, exists=os.path.exists) -> str:
+  """A one-line warning when a GPU/TPU is visible but JAX runs on the CPU, else ''.
+
+  JAX warns too, but only once, at backend start-up, among other lines; this
+  one names the project's install command. ``JAX_PLATFORMS=cpu`` is a choice.
+  """
+  if backend != "cpu" or os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+    return ""
+  if exists("/dev/nvidiactl") or exists("/dev/nvidia0"):
+    return ("An NVIDIA GPU is present but JAX runs on the CPU: install JAX's CUDA build with "
+            "pip install -e '.[cuda12]' (or '.[cuda13]'); JAX_PLATFORMS=cpu silences this.")
+  if exists("/dev/accel0") or exists("/dev/vfio/0"):
+    return ("A TPU is present but JAX runs on the CPU: install JAX's TPU build with "
+            "pip install -e '.[tpu]'; JAX_PLATFORMS=cpu silences this.")
+  return ""
+
+
 class Preempted(RuntimeError):
   """A stop request (SIGTERM/SIGINT) ended a loop that another call started (the feature
   classifier trained for an evaluation): a preemption, which binaries end with exit 0."""
@@ -33,10 +50,12 @@ class StopRequest:
   """SIGTERM/SIGINT -> a flag checked before every step; all processes agree on it.
 
   Single process: the local flag. Under ``jax.distributed`` an all-reduce
-  (max over every device of every process) of the flag before each step, so
-  that all processes stop after the same step and none waits alone in a
-  collective or a checkpoint barrier. The all-reduce depends on the last
-  state, so reading it also bounds the steps in flight.
+  (max over every device of every process) of the flag, so that all processes
+  stop after the same step and none waits alone in a collective or a
+  checkpoint barrier. Each check dispatches its all-reduce and reads the
+  previous check's, which finished while the last dispatch ran: the host
+  never waits for the step it has just dispatched, and every process reads
+  the same answer at the same check, so a stop lands one dispatch later.
   A second SIGINT exits at once (130) without saving; the checkpoints already
   written stay intact (orbax's atomic rename).
   """
@@ -45,6 +64,7 @@ class StopRequest:
     self.requested = False
     self.signal_name = ""
     self._old = {}
+    self._in_flight = None  # the last check's all-reduce, read at the next check
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -74,7 +94,10 @@ class StopRequest:
     if jax.process_count() == 1:
       return self.requested
     flag = parallel.replicate(np.int32(self.requested))
-    agreed = bool(parallel.unreplicate(_agree_fn()(flag, rstate.step)))
+    previous, self._in_flight = self._in_flight, _agree_fn()(flag, rstate.step)
+    if previous is None:
+      return False
+    agreed = bool(parallel.unreplicate(previous))
     if agreed and not self.requested:
       logging.warning("Another process was asked to stop: saving and exiting.")
       self.requested = True
@@ -134,17 +157,37 @@ class Progress:
   def __init__(self, start: int, total: int, batch_size: int):
     self.total, self.batch_size = int(total), int(batch_size)
     self._t, self._step = time.time(), int(start)
+    self._wait_s, self._timed_input, self._compiled = 0.0, False, False
+
+  def waited(self, seconds: float) -> None:
+    """Time the loop spent waiting for its input: reported as a fraction of the window."""
+    self._wait_s += seconds
+    self._timed_input = True
+
+  @property
+  def has_compiled(self) -> bool:
+    return self._compiled
 
   def compiled(self, step: int, what: str = "step") -> None:
+    self._compiled = True
     logging.info("Compiled and ran %s %d in %.1f s.", what, step, time.time() - self._t)
-    self._t, self._step = time.time(), int(step)
+    self._t, self._step, self._wait_s = time.time(), int(step), 0.0
 
   def window(self, step: int) -> tuple[dict, str]:
-    """({'images_per_sec': r}, '| r img/s, ETA m min'), or ({}, '') for the compiling step alone."""
+    """({'images_per_sec': r}, '| r img/s, ETA m min'), or ({}, '') for the compiling step alone.
+
+    With input timed (``waited``), also 'input_wait_fraction': the share of the
+    window the loop spent waiting for batches (0 when the input keeps ahead).
+    """
     dt, done = time.time() - self._t, int(step) - self._step
+    wait, self._wait_s = self._wait_s, 0.0
     self._t, self._step = time.time(), int(step)
     if done <= 0:
       return {}, ""
     ips = done * self.batch_size / max(dt, 1e-9)
     eta = (self.total - step) * dt / done
-    return {"images_per_sec": ips}, f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min"
+    if not self._timed_input:
+      return {"images_per_sec": ips}, f"| {ips:.0f} img/s, ETA {eta / 60:.1f} min"
+    frac = wait / max(dt, 1e-9)
+    return ({"images_per_sec": ips, "input_wait_fraction": frac},
+            f"| {ips:.0f} img/s, input wait {100 * frac:.0f}%, ETA {eta / 60:.1f} min")
