@@ -16,21 +16,30 @@ routed single-backward step against the naive step (three
 ``jax.value_and_grad`` calls, one per network), and the input pipeline alone.
 Needs no TensorFlow, so it runs on the GPU machine too.
 
-With ``--torch`` (default) and torch importable, each row also times the
+With ``--torch`` (default) and torch installed, each row also times the
 PyTorch reference of the same model (``experiments/torch_reference.py``: same
 layers, losses, routing and batch composition, one routed backward, torch's
-RMSprop) in the same process, on the same device (cuda when JAX's backend is
-gpu, else cpu), batch and dtype, over the same ``--steps`` after ``--warmup``;
-the row gets ``torch_step_s_median``, ``torch_images_per_s`` and
+RMSprop) in the same run, right after ours, on the same device (cuda when JAX's
+backend is gpu, else cpu), batch and dtype, over the same ``--steps`` after
+``--warmup``; the row gets ``torch_step_s_median``, ``torch_images_per_s`` and
 ``ours_over_torch`` = our step time / torch's (> 1: ours is slower). Without
-torch the column stays blank. Torch is imported only when a row is timed.
+torch the column stays blank. Torch runs in a subprocess (this process never
+imports it): there it has no JAX threads or buffers beside it and, on CPU, not
+the glibc huge-page tunable this process re-executes itself with for XLA
+(``--torch_hugepages`` keeps it; it made torch's step slower). On a GPU, JAX
+here still holds its preallocated share (75 %) of the GPU's memory while torch
+runs; a torch out-of-memory error lands in the row's ``torch_error`` (then set
+``XLA_PYTHON_CLIENT_MEM_FRACTION``).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -73,6 +82,8 @@ flags.DEFINE_bool("torch", True, "Also time the PyTorch reference (experiments/t
 flags.DEFINE_bool("torch_compile", False, "torch.compile the reference's loss (slow to compile).")
 flags.DEFINE_enum("torch_routing", "single", ["single", "three"],
                   "The reference's gradients: one routed backward (ours) or three autograd.grad.")
+flags.DEFINE_bool("torch_hugepages", False, "Run the reference with glibc's huge-page tunable "
+                  "too (on CPU it made torch's 64x64 step slower: 6.9 vs 4.8 s).")
 
 
 def row_config(name: str) -> ml_collections.ConfigDict:
@@ -192,49 +203,76 @@ def bench_row(name: str, peak: float) -> dict:
   if FLAGS.naive and config.kind in ("vaegan", "vae_dis_l", "gan"):
     row.update(bench_naive(config, state))
   if FLAGS.torch:
-    rstate.clear()  # Our replicated state's buffers go back to JAX's pool.
     row.update(bench_torch(config, med))
   return row
 
 
-_TORCH_REFERENCE = []
+def torch_version() -> str | None:
+  """The installed torch's version, without importing it (None: not installed)."""
+  try:
+    return importlib.metadata.version("torch")
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
-def _torch_reference():
-  """experiments.torch_reference, or None where torch is not importable."""
-  if not _TORCH_REFERENCE:
+def _torch_env(hugepages: bool) -> dict:
+  """This process's environment for the torch subprocess: JAX kept off the GPU there,
+  and (unless ``hugepages``) without the glibc huge-page tunable that
+  ``host_memory`` re-executed this process with for XLA."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if not hugepages:
+    kept = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != host_memory.TUNABLE]
+    if kept:
+      env["GLIBC_TUNABLES"] = ":".join(kept)
+    else:
+      env.pop("GLIBC_TUNABLES", None)
+  return env
+
+
+def run_torch_reference(config, device: str, steps: int, warmup: int, routing: str = "single",
+                        compile: bool = False, hugepages: bool = False,  # pylint: disable=redefined-builtin
+                        timeout_s: float = 3600) -> dict:
+  """Times ``experiments/torch_reference.py`` on ``config`` (its batch and dtype) in a
+  subprocess; returns its result dict, or {'error': one line} if it failed."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with tempfile.TemporaryDirectory() as tmp:
+    cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "torch.json")
+    with open(cfg, "w") as f:
+      f.write(config.to_json())
+    cmd = [sys.executable, "-m", "experiments.torch_reference", "--config_json", cfg,
+           "--batch_size", str(config.batch_size), "--dtype", str(config.model.dtype),
+           "--device", device, "--steps", str(steps), "--warmup", str(warmup),
+           "--routing", routing, "--json_out", out] + (["--compile"] if compile else [])
     try:
-      from experiments import torch_reference  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      torch_reference = None
-    _TORCH_REFERENCE.append(torch_reference)
-  return _TORCH_REFERENCE[0]
+      proc = subprocess.run(cmd, cwd=root, env=_torch_env(hugepages), capture_output=True,
+                            text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+      return dict(error=f"timed out after {timeout_s:.0f} s")
+    if proc.returncode != 0 or not os.path.exists(out):
+      lines = [l for l in proc.stderr.splitlines() if l.strip()]
+      return dict(error=f"exit {proc.returncode}: {lines[-1][:300] if lines else 'no output'}")
+    with open(out) as f:
+      return json.load(f)
 
 
 def bench_torch(config, ours_step_s: float) -> dict:
   """The PyTorch reference's step on the same device, batch and dtype ({} without torch)."""
-  tr = _torch_reference()
-  if tr is None:
+  if torch_version() is None:
     return {}
-  device = "cpu"
-  if jax.default_backend() == "gpu":
-    if not tr.torch.cuda.is_available():
-      return dict(torch_error="JAX runs on gpu but torch has no CUDA device; not timed")
-    device = "cuda"
-  elif jax.default_backend() != "cpu":
-    return dict(torch_error=f"no torch device for JAX backend {jax.default_backend()!r}")
-  try:
-    r = tr.time_train_step(config, config.batch_size, config.model.dtype, device,
-                           steps=FLAGS.steps, warmup=FLAGS.warmup, compile=FLAGS.torch_compile,
-                           routing=FLAGS.torch_routing)
-  except Exception as e:  # pylint: disable=broad-except  (e.g. out of GPU memory: JAX holds most)
-    if device == "cuda":
-      tr.torch.cuda.empty_cache()
-    return dict(torch_error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+  backend = jax.default_backend()
+  if backend not in ("cpu", "gpu"):
+    return dict(torch_error=f"no torch device for JAX backend {backend!r}")
+  r = run_torch_reference(config, "cuda" if backend == "gpu" else "cpu", FLAGS.steps,
+                          FLAGS.warmup, FLAGS.torch_routing, FLAGS.torch_compile,
+                          FLAGS.torch_hugepages)
+  if "error" in r:
+    return dict(torch_error=r["error"])
   out = {f"torch_{k}": v for k, v in r.items()
          if k in ("step_s_median", "step_s_p10", "step_s_p90", "images_per_s", "first_step_s",
-                  "device", "routing", "compile", "num_threads", "peak_memory_gib")}
+                  "device", "device_name", "routing", "compile", "num_threads",
+                  "peak_memory_gib")}
   out["torch_version"] = r["torch_version"]
+  out["torch_glibc_hugepages"] = FLAGS.torch_hugepages and host_memory.active()
   out["ours_over_torch"] = ours_step_s / r["step_s_median"]
   return out
 
@@ -314,11 +352,6 @@ def _fmt(rows: list[dict], peak: float) -> str:
   return "\n".join(lines)
 
 
-def _torch_version():
-  tr = _torch_reference() if FLAGS.torch else None
-  return None if tr is None else tr.torch.__version__
-
-
 def main(argv):
   del argv
   peak = matmul_rate(FLAGS.dtype)
@@ -334,7 +367,7 @@ def main(argv):
       json.dump(dict(device=jax.devices()[0].device_kind, device_count=jax.device_count(),
                      backend=jax.default_backend(), jax_version=jax.__version__,
                      matmul_peak_flops=peak, dtype=FLAGS.dtype,
-                     glibc_hugepages=host_memory.active(), torch_version=_torch_version(),
+                     glibc_hugepages=host_memory.active(), torch_version=torch_version() if FLAGS.torch else None,
                      rows=rows), f, indent=2)
 
 

@@ -11,6 +11,7 @@ the state holds everything and the input order is a pure function of
 import glob
 import json
 import os
+import re
 import signal
 import socket
 
@@ -147,11 +148,14 @@ def test_corrupt_newest_checkpoint_is_skipped_then_moved_aside(uninterrupted, tm
     f.seek(os.path.getsize(data) // 2)
     f.write(bytes(b ^ 0xFF for b in chunk))
   # A reader skips it (with a warning) and moves nothing.
+  # Flipped compressed bytes decompress to garbage (the checksum catches it) or break
+  # the zstd stream (TensorStore can't read it), depending on which file is largest.
+  caught = "checksum mismatch|unreadable"
   with caplog.at_level(logging.WARNING):
     clf, _ = ac.restore(wd)
-  assert clf.step == 4 and "checksum mismatch" in caplog.text
+  assert clf.step == 4 and re.search(caught, caplog.text)
   assert _steps(wd) == [4, 8]
-  with pytest.raises(ac.ClassifierError, match="checksum mismatch") as e:
+  with pytest.raises(ac.ClassifierError, match=caught) as e:
     ac.restore(wd, step=8)
   assert "\n" not in str(e.value)
   # The trainer moves it aside and resumes from 4: the same step 8 as before.

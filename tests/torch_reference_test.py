@@ -304,3 +304,17 @@ def test_benchmark_does_not_import_torch_at_import_time():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=False)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_benchmark_times_the_reference_in_a_subprocess_without_the_hugepage_tunable(monkeypatch):
+  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0:glibc.malloc.hugetlb=1")
+  env = benchmark._torch_env(hugepages=False)  # pylint: disable=protected-access
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.check=0" and env["JAX_PLATFORMS"] == "cpu"
+  assert "hugetlb" in benchmark._torch_env(hugepages=True)["GLIBC_TUNABLES"]  # pylint: disable=protected-access
+  c = tiny.get_config()
+  c.batch_size, c.model.dtype = 8, "bfloat16"
+  r = benchmark.run_torch_reference(c, "cpu", steps=2, warmup=1)
+  assert "error" not in r, r
+  assert r["batch"] == 8 and r["dtype"] == "bfloat16" and r["images_per_s"] > 0, r
+  assert benchmark.torch_version() == torch.__version__.split("+")[0]

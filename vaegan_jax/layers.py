@@ -14,7 +14,7 @@ so checkpoints are interchangeable between implementations.
 Implementations (``impl``):
   * ``'xla'``: ``lax.conv_general_dilated`` / ``lax.conv_transpose``. Fast under
     cuDNN and the TPU compiler.
-  * ``'fast'``: ``vaegan_jax.fast_conv``: phase (sub-pixel) forms, batch
+  * ``'fast'``: ``vaegan_jax.cpu.fast_conv``: phase (sub-pixel) forms, batch
     chunking and custom VJPs that avoid XLA:CPU's slow paths.
   * ``'auto'`` (default): ``'fast'`` on CPU, ``'xla'`` elsewhere.
 """

@@ -31,16 +31,9 @@ update is dropped). The kept averages are thus an EMA over both passes, where
 the authors' code keeps one set per pass. One set serves inference-mode
 sampling (z ~ N(0, I)) and reconstruction (z = mu(x)) alike (``sampling.py``,
 the evaluation), and the blend is kept on purpose, as the compromise between
-the two. Measured (``experiments/bn_statistics.py``, the default digits config,
-3 seeds x 300 steps and 1 x 1,000 steps; docs/results.md): decoding the same
-prior codes with the EMA of the GAN pass alone lowers the sample FID by 6-8 %
-(1,000 steps: 6.63 -> 6.19) but raises the held-out reconstruction MSE by
-3-7 % (0.0257 -> 0.0276); the reconstruction pass's EMA alone does the reverse
-(FID +6-11 %, MSE -3-7 %). Samples decoded with the kept and the GAN-pass
-statistics differ by 0.013-0.018 mean absolute pixel (on [-1, 1]), a third of
-their distance to the train-mode (batch-statistics) output, 0.046-0.060. Both
-gains at once would need a second decoder statistic in the state and the
-checkpoints, each inference path using its own.
+the two: each pass's EMA alone gains 3-11 % on its own metric and loses as much
+on the other's (``experiments/bn_statistics.py``; the measurements are in
+docs/results.md).
 
 All randomness (eps for z, z_p) is drawn for the *global* batch from
 fold_in(rng, step) and sliced per device, so the step does not depend on how
@@ -336,6 +329,9 @@ def train_block(state: TrainState, block: dict, *, config,
   Every step inside is ``train_step`` itself (noise from fold_in(rng, step),
   the same routing and updates), so a block of k equals k single steps; it
   saves the host k - 1 dispatches, which bound the small models on a GPU.
+  XLA:CPU runs the loop's body about 9x slower than the same step at the top
+  level (4 default steps: 9.0 s in the loop, 1.04 s one by one; unrolled 1.05 s,
+  at twice the compile time), so keep k = 1 on CPU.
   """
   return lax.scan(lambda s, b: train_step(s, b, config=config, axis_name=axis_name),
                   state, block)

@@ -2,10 +2,8 @@
 
 Needs no download. 32x32x1 images and a narrow version of the paper's
 networks (same layers, widths / 4 to / 2) so that 2 CPU cores reach
-recognisable samples of all ten digits within 10 minutes: 2,000 steps took
-6 min 52 s on the 2026-11-26 VM (all ten classes in every grid from step 200
-on); 15 min 38 s with the evaluations on the 2026-11-28 VM, which is 2.1x
-slower (docs/performance.md).
+recognisable samples of all ten digits within minutes (all ten classes in
+every grid from step 200 on; timings in docs/performance.md).
 
 Three choices differ from the paper's defaults because the short run needs
 them: ``learning_rate=1e-3`` (paper 3e-4; see below), and two taken from the
