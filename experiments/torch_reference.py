@@ -47,10 +47,12 @@ every step, where ours computes the rule's flags and selects with ``where``)
 and the non-finite guard.
 
 Dtypes: 'float32', or 'bfloat16' through ``torch.autocast`` (cuda, and cpu,
-where torch's CPU autocast supports bf16 convs and matmuls); params, BN and the
-optimizer stay float32 as ours. Memory format: channels_last throughout. On
-cuda, ``cudnn.benchmark`` is on and float32 matmuls may use TF32, as XLA's
-default precision does for ours.
+where torch's CPU autocast runs convs and matmuls in bf16: oneDNN, AMX where the
+CPU has it); params and the optimizer stay float32 as ours; BN takes the bf16
+activations with float32 params. Memory format:
+channels_last throughout. On cuda, ``cudnn.benchmark`` is on and float32 matmuls
+may use TF32, as XLA's default precision does for ours. The timed model has
+torch's default init (``load_flax`` loads ours; speed does not depend on it).
 
   python -m experiments.torch_reference --config=paper64 --batch_size=64 --steps=3
 
