@@ -294,6 +294,15 @@ def _scale_grad(a: torch.Tensor, c: float) -> torch.Tensor:
   return s + c * (a - s)
 
 
+def _kl_prior(mu, logvar):
+  """Batch mean of KL(q(z|x) || N(0, I)) (``losses.kl_prior``)."""
+  return torch.mean(-0.5 * torch.sum(1.0 + logvar - mu.square() - logvar.exp(), -1))
+
+
+def _half_sq_norm(d):
+  """Batch mean of 0.5 ||d_i||^2: the Gaussian NLLs of ``losses`` up to constants."""
+  return torch.mean(0.5 * d.square().flatten(1).sum(-1))
+
 def _reverse_grad(a: torch.Tensor) -> torch.Tensor:
   """routing.reverse_grad: forward a exactly, gradient -g."""
   return 2.0 * a.detach() - a
@@ -394,17 +403,14 @@ class Reference:
     if kind != "gan":
       mu, logvar = self.nets["encoder"](x, y)
       z = mu + torch.exp(0.5 * logvar) * eps
-      terms["kl_prior"] = torch.mean(
-          -0.5 * torch.sum(1.0 + logvar - mu.square() - logvar.exp(), -1))
+      terms["kl_prior"] = _kl_prior(mu, logvar)
       x_tilde = self._call("decoder", self._params("decoder", "scale", lc.dec_llike_weight), z, y)
       if kind == "vae":
-        terms["llike"] = torch.mean(
-            0.5 * ((x_tilde - x) / lc.pixel_sigma).square().flatten(1).sum(-1))
+        terms["llike"] = _half_sq_norm((x_tilde - x) / lc.pixel_sigma)
         return terms["kl_prior"] + terms["llike"], terms
       feats = self._call("discriminator", self._params("discriminator", "detach"),
                          torch.cat([x_tilde, x]), cat(y, y), features_only=True)
-      terms["llike"] = torch.mean(
-          0.5 * (feats[:b] - feats[b:].detach()).square().flatten(1).sum(-1))
+      terms["llike"] = _half_sq_norm(feats[:b] - feats[b:].detach())
       total = terms["kl_prior"] + terms["llike"]
 
     fake_z, fake_y, n_groups = z_p, y, 1
@@ -439,16 +445,13 @@ class Reference:
     if kind != "gan":
       mu, logvar = self.nets["encoder"](x, y)
       z = mu + torch.exp(0.5 * logvar) * eps
-      terms["kl_prior"] = torch.mean(
-          -0.5 * torch.sum(1.0 + logvar - mu.square() - logvar.exp(), -1))
+      terms["kl_prior"] = _kl_prior(mu, logvar)
       x_tilde = self.nets["decoder"](z, y)
       if kind == "vae":
-        terms["llike"] = torch.mean(
-            0.5 * ((x_tilde - x) / lc.pixel_sigma).square().flatten(1).sum(-1))
+        terms["llike"] = _half_sq_norm((x_tilde - x) / lc.pixel_sigma)
         return {"encoder": terms["kl_prior"] + terms["llike"], "decoder": terms["llike"]}, terms
       feats = self.nets["discriminator"](torch.cat([x_tilde, x]), cat(y, y), features_only=True)
-      terms["llike"] = torch.mean(
-          0.5 * (feats[:b] - feats[b:].detach()).square().flatten(1).sum(-1))
+      terms["llike"] = _half_sq_norm(feats[:b] - feats[b:].detach())
     fake_z, fake_y, n_groups = z_p, y, 1
     if kind != "gan" and lc.recon_in_gan:
       fake_z, fake_y, n_groups = torch.cat([z.detach(), z_p]), cat(y, y), 2
