@@ -42,6 +42,7 @@ def scripted_fid(monkeypatch):
   monkeypatch.setattr(train, "_eval_features", lambda config: (None, ""))
 
 
+@pytest.mark.slow  # 13 s: whole runs, a resume and a corruption
 def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path, scripted_fid):
   wd = str(tmp_path / "run")
   with pytest.raises(checkpoint.CheckpointError, match="No best checkpoint recorded"):

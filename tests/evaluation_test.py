@@ -119,6 +119,7 @@ def _run_binary(*args):
                         capture_output=True, text=True, timeout=600, env=dict(os.environ))
 
 
+@pytest.mark.slow  # 19 s: three runs of the binary
 def test_binary_step_all_then_nothing_left_and_one_line_errors(trained):
   wd, _, _ = trained
   proc = _run_binary(f"--workdir={wd}", "--step=all", "--num=50000", "--seed=1")

@@ -286,6 +286,7 @@ def torch_fid(tmp_path_factory):
   return torch, model, net, npz
 
 
+@pytest.mark.torch
 def test_torch_parameter_count(torch_fid):
   _, model, net, _ = torch_fid
   assert sum(p.numel() for p in net.parameters()) == TORCH_NUM_PARAMS
@@ -293,6 +294,7 @@ def test_torch_parameter_count(torch_fid):
   assert sum(b.numel() for n, b in net.named_buffers() if "running" in n) == TORCH_NUM_BN_STATS
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape", [(2, 32, 32, 1), (2, 64, 64, 3), (2, 320, 320, 3),
                                    (1, 512, 512, 3), (2, 40, 100, 3), (1, 1, 7, 1)])
 def test_resize_matches_torch(torch_fid, shape):
@@ -305,6 +307,7 @@ def test_resize_matches_torch(torch_fid, shape):
   np.testing.assert_allclose(ours, t, rtol=0, atol=3e-7)  # ~1 float32 ulp of values <= 1.
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape", [(2, 32, 32, 1), (2, 64, 64, 3), (2, 320, 320, 3)])
 def test_matches_pytorch_fid(torch_fid, shape):
   torch, model, net, npz = torch_fid

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 from experiments.configs import tiny
 from vaegan_jax import data
@@ -11,6 +12,7 @@ from vaegan_jax import sampling
 from vaegan_jax import train_step as ts
 
 
+@pytest.mark.slow  # 17 s: 300 steps of training
 def test_vaegan_lowers_reconstruction_error_and_dis_beats_chance():
   c = tiny.get_config()
   c.model.conv_impl = "xla"

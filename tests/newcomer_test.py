@@ -89,24 +89,37 @@ def test_sampler_from_workdir_and_its_input_checks(run):
     sampling.reconstruct(sampler, uint8.astype(np.float32))
 
 
-def test_early_progress_line_and_rates_exclude_compiling(tmp_path):
+def test_early_progress_line_and_rates_exclude_compiling(tmp_path, monkeypatch):
   """With a long log_every, a line comes 10 steps after compiling, and its rate
-  counts steps after the first (compiling) one only."""
+  counts steps after the first (compiling) one only.
+
+  The progress clock jumps 1000 s while the first step is reported compiled, so
+  a rate that counted compiling would be below 12 * 16 / 1000 images/s; real
+  wall time (a warm compilation cache makes compiling fast) cannot decide it.
+  """
   import json  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
   from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import trainer_utils  # pylint: disable=g-import-not-at-top
+  jump = [0.0]
+  monkeypatch.setattr(trainer_utils, "time",
+                      types.SimpleNamespace(time=lambda: time.time() + jump[0]))
+  compiled = trainer_utils.Progress.compiled
+
+  def slow_compile(self, *args, **kwargs):
+    jump[0] += 1000.0
+    compiled(self, *args, **kwargs)
+
+  monkeypatch.setattr(trainer_utils.Progress, "compiled", slow_compile)
   c = tiny.get_config()
   c.model.conv_impl = "xla"
   c.log_every, c.num_train_steps, c.checkpoint_every, c.sample_every = 50, 12, 100, 100
-  t0 = time.time()
   train.train_and_evaluate(c, str(tmp_path))
-  wall = time.time() - t0
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [11, 12]
-  # Including compilation the whole run averages 12 * 16 / wall images/s;
-  # the first line's rate must be far above that.
-  assert lines[0]["images_per_sec"] > 3 * 12 * 16 / wall, (lines[0], wall)
+  assert lines[0]["images_per_sec"] > 1.0, lines[0]
 
 
 def _code_block(text, start):

@@ -130,6 +130,7 @@ def test_training_with_blocks_equals_one_step_per_dispatch(tmp_path, k):
   _assert_state_equal(restored, b)
 
 
+@pytest.mark.slow  # 21 s: three whole runs
 def test_resume_with_blocks_is_exact(tmp_path):
   """Stopped at checkpoint 5 (which k = 4 does not divide) and resumed with the
   same k: bit for bit the uninterrupted k = 4 run."""

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.torch  # CI's torch step: python -m pytest -m torch
+
 if os.environ.get("VAEGAN_REQUIRE_TORCH") == "1":  # CI: the claim must be proven, not skipped
   import torch  # pylint: disable=g-import-not-at-top
 else:
