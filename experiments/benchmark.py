@@ -42,26 +42,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app
 from absl import flags
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
+from experiments import rows
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
 from vaegan_jax import data
-from vaegan_jax.cpu import host_memory
 from vaegan_jax import layers
-from vaegan_jax import parallel
 from vaegan_jax import reference
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
+from vaegan_jax.cpu import host_memory
 from vaegan_jax.data import testing as data_testing
+from vaegan_jax.runtime import parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["paper64_vaegan", "paper64_vae", "paper64_gan",
@@ -87,13 +86,8 @@ flags.DEFINE_bool("torch_hugepages", False, "Run the reference with glibc's huge
 
 
 def row_config(name: str) -> ml_collections.ConfigDict:
-  model, kind = name.split("_", 1)
-  c = {"paper64": celeba_vaegan, "default32": default}[model].get_config()
-  c.kind = kind
-  c.batch_size = FLAGS.batch_size
-  c.model.dtype = FLAGS.dtype
-  c.model.conv_impl = FLAGS.conv_impl
-  return c
+  return rows.row_config(name, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+                         conv_impl=FLAGS.conv_impl)
 
 
 def matmul_rate(dtype: str, n: int | None = None, reps: int = 10) -> float:
@@ -116,22 +110,6 @@ def matmul_rate(dtype: str, n: int | None = None, reps: int = 10) -> float:
   return 2 * n**3 / float(np.median(times))
 
 
-def _time(fn: Callable[[], object], steps: int, warmup: int) -> np.ndarray:
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return np.asarray(times)
-
-
-def _batch(config, n: int) -> dict:
-  s, c = config.model.image_size, config.model.channels
-  return {"image": np.random.RandomState(0).uniform(-1, 1, (n, s, s, c)).astype(np.float32)}
-
-
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -149,7 +127,7 @@ def _model_flops(name: str, state, per_dev: dict) -> float:
   stock.model.conv_impl = "xla"
   cpu = jax.devices("cpu")[0]
   state, per_dev = jax.device_put((state, per_dev), cpu)
-  stock_one = jax.jit(functools.partial(ts.train_step, config=stock, axis_name=None))
+  stock_one = jax.jit(functools.partial(train_step.train_step, config=stock, axis_name=None))
   return _flops(stock_one.lower(state, per_dev).compile())
 
 
@@ -165,12 +143,12 @@ def _memory(compiled) -> float:
 
 def bench_row(name: str, peak: float) -> dict:
   config = row_config(name)
-  state = ts.create_train_state(config, jax.random.PRNGKey(0))
+  state = train_step.create_train_state(config, jax.random.PRNGKey(0))
   b = config.batch_size
   # FLOPs and memory from the single-device jitted step (what each device runs).
-  one = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None),
+  one = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None),
                 donate_argnums=(0,))
-  per_dev = _batch(config, b // jax.device_count())
+  per_dev = rows.random_batch(config, b // jax.device_count())
   t = time.perf_counter()
   compiled = one.lower(state, per_dev).compile()
   compile_s = time.perf_counter() - t
@@ -181,16 +159,16 @@ def bench_row(name: str, peak: float) -> dict:
   if layers.resolve_impl(config.model.conv_impl) != "xla" or jax.default_backend() != "cpu":
     flops = _model_flops(name, state, per_dev) * jax.device_count()
 
-  step = ts.make_pmapped_step(config)
-  rstate = [parallel.replicate(state)]
-  batch = parallel.shard(_batch(config, b))
+  step = train_step.make_pmapped_step(config)
+  replicated = [parallel.replicate(state)]
+  batch = parallel.shard(rows.random_batch(config, b))
 
   def run():
-    rstate[0], m = step(rstate[0], batch)
+    replicated[0], m = step(replicated[0], batch)
     return m
 
   jax.block_until_ready(run())  # compile the pmapped step
-  times = _time(run, FLAGS.steps, FLAGS.warmup)
+  times = rows.time_calls(run, FLAGS.steps, FLAGS.warmup)
   med = float(np.median(times))
   row = dict(row=name, kind=config.kind, image_size=config.model.image_size, batch=b,
              dtype=config.model.dtype, step_s_median=med,
@@ -281,19 +259,19 @@ def bench_naive(config, state) -> dict:
   """Routed vs naive: gradient computations only, same inputs, single device."""
   arch_z = config.model.z_dim
   b = config.batch_size // jax.device_count()
-  x = jnp.asarray(_batch(config, b)["image"])
-  eps, z_p = ts.draw_noise(state.rng, state.step, b, arch_z, None)
+  x = jnp.asarray(rows.random_batch(config, b)["image"])
+  eps, z_p = train_step.draw_noise(state.rng, state.step, b, arch_z, None)
   from vaegan_jax import models  # pylint: disable=g-import-not-at-top
   nets = models.Networks.create(models.Architecture.from_config(config.model))
-  lc = ts.LossConfig.from_config(config)
+  loss_config = train_step.LossConfig.from_config(config)
 
   routed = jax.jit(lambda p: jax.grad(
-      lambda q: ts.routed_loss(q, state.batch_stats, x, None, eps, z_p, nets=nets, lc=lc)[0])(p))
+      lambda q: train_step.routed_loss(q, state.batch_stats, x, None, eps, z_p, nets=nets, loss_config=loss_config)[0])(p))
   naive = jax.jit(lambda p: reference.naive_grads(config, p, state.batch_stats, x, eps, z_p))
   out = {}
   for label, fn in (("routed", routed), ("naive", naive)):
     jax.block_until_ready(fn(state.params))
-    times = _time(lambda: fn(state.params), FLAGS.naive_steps, 1)
+    times = rows.time_calls(lambda: fn(state.params), FLAGS.naive_steps, 1)
     out[f"{label}_grad_s_median"] = float(np.median(times))
   out["naive_over_routed"] = out["naive_grad_s_median"] / out["routed_grad_s_median"]
   return out
@@ -373,4 +351,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

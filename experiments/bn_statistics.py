@@ -3,7 +3,7 @@ r"""Which BatchNorm statistics should inference-mode sampling use? A measurement
   python -m experiments.bn_statistics                      # digits, 300 steps, ~5 min on 2 CPUs
   python -m experiments.bn_statistics --steps=600 --config.gamma=1e-6 --out=/tmp/bn.json
 
-The measurement is ``vaegan_jax.evaluation.bn_statistics.measure``; see its
+The measurement is ``vaegan_jax.studies.bn_statistics.measure``; see its
 docstring for what is compared.
 """
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli
-from vaegan_jax.evaluation import bn_statistics
+from vaegan_jax.runtime import cli
+from vaegan_jax.studies import bn_statistics
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -31,11 +30,7 @@ flags.DEFINE_string("out", None, "Optional JSON file for the numbers.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    result = bn_statistics.measure(FLAGS.config, FLAGS.steps, FLAGS.num)
-  except (ValueError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  result = bn_statistics.measure(FLAGS.config, FLAGS.steps, FLAGS.num)
   text = json.dumps(result, indent=1)
   print(text)
   if FLAGS.out:
@@ -44,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

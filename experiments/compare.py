@@ -11,16 +11,15 @@ Trains VAE, VAE_Dis_l, VAE-GAN and GAN (and class-conditional GAN, VAE and
 VAE-GAN where the data have labels) with the same architecture, data, steps
 and seeds, evaluates them, and writes ``outdir/report.md`` with its PNGs and
 ``outdir/results.json``. Rerunning resumes unfinished runs and reuses finished
-ones. See ``vaegan_jax/evaluation/compare.py`` for the metrics.
+ones. See ``vaegan_jax/studies/compare.py`` for the metrics.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli
+from vaegan_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -49,24 +48,18 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.outdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-  from vaegan_jax.evaluation import compare  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.studies import compare  # pylint: disable=g-import-not-at-top
   bad = [k for k in FLAGS.kinds + FLAGS.conditional_kinds if k not in compare.NAMES]
   if bad or FLAGS.seeds < 1 or FLAGS.steps < 1 or not 1 <= FLAGS.evaluations <= FLAGS.steps:
-    print(f"error: need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1, "
-          "--steps >= 1 and 1 <= --evaluations <= --steps.", file=sys.stderr)
-    sys.exit(2)
-  try:
-    compare.run_comparison(FLAGS.config, FLAGS.outdir, seeds=FLAGS.seeds, steps=FLAGS.steps,
-                           kinds=FLAGS.kinds, conditional_kinds=FLAGS.conditional_kinds,
-                           num=FLAGS.num, features=FLAGS.features,
-                           inception_weights=FLAGS.inception_weights,
-                           evaluations=FLAGS.evaluations)
-  except train.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise cli.FlagError(f"need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1, "
+                        "--steps >= 1 and 1 <= --evaluations <= --steps.")
+  compare.run_comparison(FLAGS.config, FLAGS.outdir, seeds=FLAGS.seeds, steps=FLAGS.steps,
+                         kinds=FLAGS.kinds, conditional_kinds=FLAGS.conditional_kinds,
+                         num=FLAGS.num, features=FLAGS.features,
+                         inception_weights=FLAGS.inception_weights,
+                         evaluations=FLAGS.evaluations)
   print(open(os.path.join(FLAGS.outdir, "report.md")).read())
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

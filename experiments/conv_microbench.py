@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegan_jax.cpu import fast_conv
 from vaegan_jax import layers
+from vaegan_jax.cpu import fast_conv
 
 # (name, kind, H, C_in, C_out): kind 's1'/'s2' conv stride 1/2, 't' transposed.
 LAYERS_64 = (

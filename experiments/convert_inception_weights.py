@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 import numpy as np
 
 from vaegan_jax.evaluation import inception
+from vaegan_jax.runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 # torch.hub names files <name>-<first 8 hex digits of the SHA-256>.<ext>.
@@ -46,7 +46,7 @@ def _define_flags():
   flags.mark_flags_as_required(["pth", "out"])
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """A .pth that can't be converted; one-line message naming the fix."""
 
 
@@ -111,15 +111,11 @@ def convert(pth: str, out: str) -> dict[str, Any]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    info = convert(FLAGS.pth, FLAGS.out)
-  except (ConversionError, inception.WeightsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  info = convert(FLAGS.pth, FLAGS.out)
   print(f"Wrote {info['out']}: {info['num_arrays']} arrays, {info['num_params']:,} parameters "
         f"(source SHA-256 {info['sha256'][:16]}...).")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -12,13 +12,12 @@ numbers mean) are named in the JSON: ``inception_v3_fid`` is the standard FID;
 dataset's labels and cached. See ``vaegan_jax/evaluation/``.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
@@ -46,24 +45,18 @@ def main(argv):
     try:
       step = int(step)
     except ValueError:
-      print(f"error: --step must be an integer, 'best', 'all' or unset, got {step!r}.",
-            file=sys.stderr)
-      sys.exit(2)
+      raise cli.FlagError(
+          f"--step must be an integer, 'best', 'all' or unset, got {step!r}.") from None
   if FLAGS.num < 2:
-    print(f"error: --num must be >= 2, got {FLAGS.num}.", file=sys.stderr)
-    sys.exit(2)
-  try:
-    reports = evaluator.evaluate_workdir(
-        FLAGS.workdir, step, num=FLAGS.num, features=FLAGS.features,
-        inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
-        classifier_dir=FLAGS.classifier_dir)
-  except evaluator.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise cli.FlagError(f"--num must be >= 2, got {FLAGS.num}.")
+  reports = evaluator.evaluate_workdir(
+      FLAGS.workdir, step, num=FLAGS.num, features=FLAGS.features,
+      inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
+      classifier_dir=FLAGS.classifier_dir)
   for report in reports:
     print(evaluator.format_table(report))
     logging.info("Wrote %s.", evaluator.report_path(FLAGS.workdir, report["step"]))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

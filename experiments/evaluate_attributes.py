@@ -17,7 +17,7 @@ generator and for the real test images themselves (the reference row):
   mse    = mean over all examples and attributes of (y_ia - p_ia)^2
 
 plus the accuracy of the thresholded predictions (p > 0.5). See
-``vaegan_jax.attribute_classifier.attribute_similarity``. The paper used LFW;
+``vaegan_jax.evaluation.metrics.attribute_similarity``. The paper used LFW;
 the comparison across model kinds (GAN, VAE, VAE-GAN) is one row per
 ``--workdir``. Writes ``outdir/attribute_similarity.json`` and prints the table.
 
@@ -26,12 +26,11 @@ The work is one library call, ``vaegan_jax.evaluation.attributes.evaluate_attrib
 
 from __future__ import annotations
 
-import sys
 
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
 from vaegan_jax.evaluation import attributes
 
@@ -56,17 +55,13 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    result = attributes.evaluate_attributes(
-        FLAGS.workdir.split(","), FLAGS.classifier_workdir, FLAGS.outdir, split=FLAGS.split,
-        num_examples=FLAGS.num_examples, seed=FLAGS.seed, temperature=FLAGS.temperature,
-        batch_size=FLAGS.batch_size, step=FLAGS.step, manual_dir=FLAGS.manual_dir)
-  except attributes.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  result = attributes.evaluate_attributes(
+      FLAGS.workdir.split(","), FLAGS.classifier_workdir, FLAGS.outdir, split=FLAGS.split,
+      num_examples=FLAGS.num_examples, seed=FLAGS.seed, temperature=FLAGS.temperature,
+      batch_size=FLAGS.batch_size, step=FLAGS.step, manual_dir=FLAGS.manual_dir)
   print(attributes.format_table(result))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -24,17 +24,13 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
-from experiments.configs import celeba_vaegan
-from experiments.configs import default
-from vaegan_jax import parallel
+from experiments import rows
 from vaegan_jax import train
-from vaegan_jax import train_step as ts
 from vaegan_jax.data import testing as data_testing
 
 FLAGS = flags.FLAGS
@@ -50,18 +46,15 @@ flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
 
 
 def row_config(name: str, manual_dir: str | None):
-  model, kind = name.split("_", 1)
-  c = {"paper64": celeba_vaegan, "default32": default}[model].get_config()
-  c.kind = kind
-  c.batch_size = FLAGS.batch_size
-  c.model.dtype = FLAGS.dtype
+  """The row's config, run as the trainer's loop with FLAGS.steps steps and 5 log windows."""
+  c = rows.row_config(name, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype)
   c.eval_every = 0
   c.sample_every = 10**9
   c.num_train_steps = FLAGS.steps
   c.log_every = max(1, FLAGS.steps // 5)
   c.checkpoint_every = FLAGS.steps
   c.data.worker_processes = FLAGS.worker_processes
-  if model == "paper64":
+  if name.startswith("paper64"):
     c.data.manual_dir = manual_dir
     c.data.eval_split = "train"  # the fake files are all in the train split
   return c
@@ -69,21 +62,8 @@ def row_config(name: str, manual_dir: str | None):
 
 def step_rate(config) -> float:
   """Images/s of the bare pmapped step on device-resident data (the benchmark's rate)."""
-  state = ts.create_train_state(config, jax.random.PRNGKey(0))
-  s, c = config.model.image_size, config.model.channels
-  x = np.random.RandomState(0).uniform(-1, 1, (config.batch_size, s, s, c)).astype(np.float32)
-  batch = parallel.shard({"image": x})
-  step = ts.make_pmapped_step(config)
-  rstate = parallel.replicate(state)
-  for _ in range(3):
-    rstate, m = step(rstate, batch)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(FLAGS.step_timing_steps):
-    t = time.perf_counter()
-    rstate, m = step(rstate, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
+  run, _ = rows.build_step(config)
+  times = rows.time_calls(run, FLAGS.step_timing_steps, warmup=3)
   return config.batch_size / float(np.median(times))
 
 
@@ -135,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

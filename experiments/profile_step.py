@@ -53,10 +53,11 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
-from absl import app
 from absl import flags
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
+
+from experiments import rows
 
 FLAGS = flags.FLAGS
 
@@ -518,56 +519,14 @@ def set_xla_flags(extra: str = "", dump_dir: str | None = None) -> str:
   return os.environ.get("XLA_FLAGS", "")
 
 
-def row_config(name: str, batch_size: int, dtype: str, conv_impl: str):
-  from experiments.configs import celeba_vaegan  # pylint: disable=g-import-not-at-top
-  from experiments.configs import default  # pylint: disable=g-import-not-at-top
-
-  model, kind = name.split("_", 1)
-  if model not in ("paper64", "default32"):
-    raise app.UsageError(f"--row: model must be paper64 or default32, got {model!r}")
-  c = {"paper64": celeba_vaegan, "default32": default}[model].get_config()
-  c.kind = kind
-  c.batch_size = batch_size
-  c.model.dtype = dtype
-  c.model.conv_impl = conv_impl
-  return c
-
-
-def build_step(config) -> tuple[Callable[[], object], Callable[[], str]]:
-  """(run, hlo): run dispatches one pmapped train step on a fixed random batch;
-  hlo returns the step's optimized HLO text (from JAX's cache once run has run)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from vaegan_jax import parallel  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import train_step as ts  # pylint: disable=g-import-not-at-top
-
-  parallel.check_batch_size(config.batch_size)
-  state = ts.create_train_state(config, jax.random.PRNGKey(0))
-  s, ch = config.model.image_size, config.model.channels
-  image = np.random.RandomState(0).uniform(-1, 1, (config.batch_size, s, s, ch))
-  batch = parallel.shard({"image": image.astype(np.float32)})
-  step = ts.make_pmapped_step(config)
-  box = [parallel.replicate(state)]
-
-  def run():
-    box[0], metrics = step(box[0], batch)
-    return metrics
-
-  def hlo():
-    compiled = step.lower(box[0], batch).compile()
-    return compiled.as_text()
-
-  return run, hlo
-
-
 def main(argv):
   del argv
   xla_flags = set_xla_flags(FLAGS.xla_flags, FLAGS.xla_dump_dir)
   import jax  # pylint: disable=g-import-not-at-top
 
-  config = row_config(FLAGS.row, FLAGS.batch_size, FLAGS.dtype, FLAGS.conv_impl)
-  run, hlo = build_step(config)
+  config = rows.row_config(FLAGS.row, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+                           conv_impl=FLAGS.conv_impl)
+  run, hlo = rows.build_step(config)
   t = time.perf_counter()
   jax.block_until_ready(run())
   compile_s = time.perf_counter() - t
@@ -608,4 +567,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -53,12 +53,11 @@ with it, or the arrays without writing anything with ``sample_outputs``.
 
 from __future__ import annotations
 
-import sys
 
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
 from vaegan_jax import sampling_outputs
 
@@ -95,22 +94,17 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    sampling_outputs.write_samples(
-        FLAGS.workdir, FLAGS.outdir, step=FLAGS.step, num=FLAGS.num, seed=FLAGS.seed,
-        temperature=FLAGS.temperature, use_mean=FLAGS.use_mean,
-        interpolation=FLAGS.interpolation, num_interpolations=FLAGS.num_interpolations,
-        interpolation_steps=FLAGS.interpolation_steps, attributes=FLAGS.attributes,
-        num_attribute_images=FLAGS.num_attribute_images,
-        attribute_vectors=FLAGS.attribute_vectors,
-        attribute_columns=FLAGS.attribute_columns, manual_dir=FLAGS.manual_dir,
-        save_images=FLAGS.save_images)
-  except sampling_outputs.USER_ERRORS as e:
-    # User errors: one clear line, no traceback, no output files.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  sampling_outputs.write_samples(
+      FLAGS.workdir, FLAGS.outdir, step=FLAGS.step, num=FLAGS.num, seed=FLAGS.seed,
+      temperature=FLAGS.temperature, use_mean=FLAGS.use_mean,
+      interpolation=FLAGS.interpolation, num_interpolations=FLAGS.num_interpolations,
+      interpolation_steps=FLAGS.interpolation_steps, attributes=FLAGS.attributes,
+      num_attribute_images=FLAGS.num_attribute_images,
+      attribute_vectors=FLAGS.attribute_vectors,
+      attribute_columns=FLAGS.attribute_columns, manual_dir=FLAGS.manual_dir,
+      save_images=FLAGS.save_images)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 from PIL import Image
 
 FLAGS = flags.FLAGS
@@ -152,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

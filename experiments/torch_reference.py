@@ -75,7 +75,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vaegan_jax import models
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 
 GROUPS = ("encoder", "decoder", "discriminator")
 ROUTINGS = ("single", "three")
@@ -214,7 +214,7 @@ def build(arch: models.Architecture, groups=GROUPS) -> nn.ModuleDict:
 # Our Flax params -> torch.
 
 
-def _t(a) -> torch.Tensor:
+def _to_torch(a) -> torch.Tensor:
   return torch.from_numpy(np.array(a, dtype=np.float32))
 
 
@@ -233,7 +233,7 @@ def load_flax(nets: nn.ModuleDict, params: dict, batch_stats: Optional[dict] = N
       for layer, leaves in params[g].items():
         mod = getattr(net, layer)
         for leaf, value in leaves.items():
-          v = _t(value)
+          v = _to_torch(value)
           if leaf == "kernel":
             v = v.permute(3, 2, 0, 1) if v.ndim == 4 else v.T
             name = "weight"
@@ -255,8 +255,8 @@ def load_flax(nets: nn.ModuleDict, params: dict, batch_stats: Optional[dict] = N
       if batch_stats is not None:
         for layer, leaves in batch_stats.get(g, {}).items():
           mod = getattr(net, layer)
-          mod.running_mean.copy_(_t(leaves["mean"]))
-          mod.running_var.copy_(_t(leaves["var"]))
+          mod.running_mean.copy_(_to_torch(leaves["mean"]))
+          mod.running_var.copy_(_to_torch(leaves["var"]))
 
 
 def to_flax_layout(grads: dict[str, dict[str, torch.Tensor]]) -> dict:
@@ -330,14 +330,14 @@ class Reference:
                        "(rmsprop_eps_in_sqrt=False).")
     self.config = config
     self.arch = models.Architecture.from_config(config.model)
-    self.lc = ts.LossConfig.from_config(config)
-    self.lc.validate()
+    self.loss_config = train_step.LossConfig.from_config(config)
+    self.loss_config.validate()
     self.device = torch.device(device)
     self.dtype = dtype or self.arch.dtype
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
     self.routing = routing
-    self.groups = self.lc.groups
+    self.groups = self.loss_config.groups
     self.nets = build(self.arch, self.groups).to(self.device).to(
         memory_format=torch.channels_last)
     self.nets.train()
@@ -394,7 +394,7 @@ class Reference:
 
   def _routed_loss(self, x, y, eps, z_p):
     """Port of ``train_step.routed_loss``: (total, terms) with the masks."""
-    lc, kind = self.lc, self.lc.kind
+    loss_config, kind = self.loss_config, self.loss_config.kind
     b = x.shape[0]
     cat = lambda *a: None if y is None else torch.cat(a)
     terms = {}
@@ -404,9 +404,9 @@ class Reference:
       mu, logvar = self.nets["encoder"](x, y)
       z = mu + torch.exp(0.5 * logvar) * eps
       terms["kl_prior"] = _kl_prior(mu, logvar)
-      x_tilde = self._call("decoder", self._params("decoder", "scale", lc.dec_llike_weight), z, y)
+      x_tilde = self._call("decoder", self._params("decoder", "scale", loss_config.dec_llike_weight), z, y)
       if kind == "vae":
-        terms["llike"] = _half_sq_norm((x_tilde - x) / lc.pixel_sigma)
+        terms["llike"] = _half_sq_norm((x_tilde - x) / loss_config.pixel_sigma)
         return terms["kl_prior"] + terms["llike"], terms
       feats = self._call("discriminator", self._params("discriminator", "detach"),
                          torch.cat([x_tilde, x]), cat(y, y), features_only=True)
@@ -414,11 +414,11 @@ class Reference:
       total = terms["kl_prior"] + terms["llike"]
 
     fake_z, fake_y, n_groups = z_p, y, 1
-    if kind != "gan" and lc.recon_in_gan:
+    if kind != "gan" and loss_config.recon_in_gan:
       fake_z, fake_y, n_groups = torch.cat([z.detach(), z_p]), cat(y, y), 2
     dec_mode = "detach" if kind == "vae_dis_l" else "grad"
     x_fake = self._call("decoder", self._params("decoder", dec_mode), fake_z, fake_y)
-    saturating = kind != "vae_dis_l" and lc.gan_form == "saturating"
+    saturating = kind != "vae_dis_l" and loss_config.gan_form == "saturating"
     x_fake_in = _reverse_grad(x_fake) if saturating else x_fake.detach()
     yy = None if y is None else torch.cat([y, fake_y])
     ns_buffers = None
@@ -437,7 +437,7 @@ class Reference:
 
   def _group_losses(self, x, y, eps, z_p):
     """Each group's own loss over one unmasked forward: ({group: loss}, terms)."""
-    lc, kind = self.lc, self.lc.kind
+    loss_config, kind = self.loss_config, self.loss_config.kind
     b = x.shape[0]
     cat = lambda *a: None if y is None else torch.cat(a)
     terms = {}
@@ -448,17 +448,17 @@ class Reference:
       terms["kl_prior"] = _kl_prior(mu, logvar)
       x_tilde = self.nets["decoder"](z, y)
       if kind == "vae":
-        terms["llike"] = _half_sq_norm((x_tilde - x) / lc.pixel_sigma)
+        terms["llike"] = _half_sq_norm((x_tilde - x) / loss_config.pixel_sigma)
         return {"encoder": terms["kl_prior"] + terms["llike"], "decoder": terms["llike"]}, terms
       feats = self.nets["discriminator"](torch.cat([x_tilde, x]), cat(y, y), features_only=True)
       terms["llike"] = _half_sq_norm(feats[:b] - feats[b:].detach())
     fake_z, fake_y, n_groups = z_p, y, 1
-    if kind != "gan" and lc.recon_in_gan:
+    if kind != "gan" and loss_config.recon_in_gan:
       fake_z, fake_y, n_groups = torch.cat([z.detach(), z_p]), cat(y, y), 2
     x_fake = self.nets["decoder"](fake_z, fake_y)
     yy = None if y is None else torch.cat([y, fake_y])
     ns_buffers = None
-    if lc.gan_form != "saturating" and kind not in ("vae_dis_l",):
+    if loss_config.gan_form != "saturating" and kind not in ("vae_dis_l",):
       ns_buffers = {k: v.clone() for k, v in self.nets["discriminator"].named_buffers()}
     logits, _ = self.nets["discriminator"](torch.cat([x, x_fake]), yy)
     real, fakes = logits[:b], torch.chunk(logits[b:], n_groups)
@@ -475,7 +475,7 @@ class Reference:
     out = {"discriminator": terms["gan_bce"]}
     if kind != "gan":
       out["encoder"] = terms["kl_prior"] + terms["llike"]
-      w = lc.dec_llike_weight
+      w = loss_config.dec_llike_weight
       out["decoder"] = w * terms["llike"] + (dec_gan if dec_gan is not None else 0.0)
     else:
       out["decoder"] = dec_gan
@@ -514,7 +514,7 @@ class Reference:
            eps: Optional[torch.Tensor] = None, z_p: Optional[torch.Tensor] = None) -> dict:
     """One full train step: noise, forward, routed backward, three RMSProp updates."""
     b = x.shape[0]
-    if eps is None and self.lc.kind != "gan":
+    if eps is None and self.loss_config.kind != "gan":
       eps = torch.randn(b, self.arch.z_dim, device=self.device)
     if z_p is None:
       z_p = torch.randn(b, self.arch.z_dim, device=self.device)
@@ -616,7 +616,7 @@ def _main(argv=None):
   p.add_argument("--config", default="paper64", choices=["paper64", "default32", "tiny"])
   p.add_argument("--config_json", default=None, help="A JSON file of one config (overrides "
                  "--config and --kind).")
-  p.add_argument("--kind", default="vaegan", choices=list(ts.KINDS))
+  p.add_argument("--kind", default="vaegan", choices=list(train_step.KINDS))
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

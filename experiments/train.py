@@ -11,13 +11,12 @@ Multi-host: pass --jax_coordinator/--num_processes/--process_id, or
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-from vaegan_jax import cli
 from vaegan_jax.cpu import host_memory
+from vaegan_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -48,17 +47,12 @@ def main(argv):
     else:
       jax.distributed.initialize()
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-  try:
-    if FLAGS.dry_run:
-      print(train.dry_run(FLAGS.config, FLAGS.workdir))
-      return
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.USER_ERRORS as e:
-    # Bad configs/data, faults and non-finite losses: one line, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if FLAGS.dry_run:
+    print(train.dry_run(FLAGS.config, FLAGS.workdir))
+    return
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()  # Before JAX allocates anything.
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -11,19 +11,18 @@ to ``workdir/classifier``; running the same command again resumes from the
 newest good checkpoint, and SIGTERM/Ctrl-C save the current step and exit 0.
 Score conditional generators with it using
 ``python -m experiments.evaluate_attributes``. The work is one library call,
-``vaegan_jax.attribute_classifier.train_and_evaluate``.
+``vaegan_jax.classifier.train_and_evaluate``.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from vaegan_jax import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
-from vaegan_jax import attribute_classifier
+from vaegan_jax import classifier
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -38,16 +37,11 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    clf = attribute_classifier.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except attribute_classifier.USER_ERRORS as e:
-    # Bad configs and missing data get one clear line, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  clf = classifier.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info("Classifier at step %d of %d; checkpoints in %s.", clf.step,
                FLAGS.config.num_train_steps,
-               attribute_classifier.classifier_dir(FLAGS.workdir))
+               classifier.classifier_dir(FLAGS.workdir))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

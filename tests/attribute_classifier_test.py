@@ -1,4 +1,4 @@
-"""Attribute classifier, the attribute-similarity metric and the Sec. 5.3 pipeline.
+"""Attribute classifier and the Sec. 5.3 pipeline.
 
 Fake CelebA files in the official on-disk format (zip of 178x218 JPEGs,
 list_attr_celeba.txt, list_eval_partition.txt) are written into a temporary
@@ -25,13 +25,14 @@ from PIL import Image
 
 from experiments.configs import attribute_classifier as clf_configs
 from experiments.configs import tiny
-from vaegan_jax import attribute_classifier as ac
-from vaegan_jax import checkpoint
+from vaegan_jax import classifier
 from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
 from vaegan_jax import train
 from vaegan_jax.evaluation import attributes
+from vaegan_jax.evaluation import metrics
+from vaegan_jax.runtime import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTRS = list(data_lib.CELEBA_ATTRIBUTE_NAMES)
@@ -43,37 +44,6 @@ def _run_binary(name, *args):
   return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-# ----------------------------------------------------------------------------
-# The metric.
-
-
-def test_attribute_similarity_by_hand():
-  y = [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
-  p = [[0.9, 0.2, 0.6], [0.1, 0.3, 0.2], [0.5, 0.5, 0.5]]
-  got = ac.attribute_similarity(y, p)
-  # Row 0: <y, p> = 1.5, |y| = sqrt(2), |p| = sqrt(0.81 + 0.04 + 0.36) = 1.1.
-  # Row 1: y = 0 -> counts as 0. Row 2: p parallel to y -> 1.
-  assert got["cosine"] == pytest.approx((1.5 / (np.sqrt(2) * 1.1) + 0 + 1) / 3, abs=1e-12)
-  # Squared errors: .01 .04 .16 | .01 .09 .04 | .25 .25 .25 -> 1.10 / 9.
-  assert got["mse"] == pytest.approx(1.10 / 9, abs=1e-12)
-  assert got["num_examples"] == 3 and got["num_zero_norm"] == 1
-  # Against a plain loop on random data.
-  rng = np.random.default_rng(0)
-  y = (rng.random((50, 7)) < 0.4).astype(np.float32)
-  p = rng.random((50, 7)).astype(np.float32)
-  cos = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() else 0.0
-         for a, b in zip(y.astype(np.float64), p.astype(np.float64))]
-  got = ac.attribute_similarity(y, p)
-  assert got["cosine"] == pytest.approx(np.mean(cos), abs=1e-9)
-  assert got["mse"] == pytest.approx(np.mean((y.astype(np.float64) - p) ** 2), abs=1e-9)
-  perfect = ac.attribute_similarity(y, y)
-  assert perfect["mse"] == 0 and perfect["cosine"] == pytest.approx(
-      np.mean(y.any(axis=1)))
-  assert ac.binary_accuracy([[1, 0]], [[0.7, 0.6]]) == 0.5
-  with pytest.raises(ValueError, match="same shape"):
-    ac.attribute_similarity(y, p[:, :3])
 
 
 # ----------------------------------------------------------------------------
@@ -139,7 +109,7 @@ def _classifier_config(data):
 @pytest.fixture(scope="module")
 def classifier_workdir(celeba, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("classifier"))
-  ac.train_and_evaluate(_classifier_config(celeba[0]), wd)
+  classifier.train_and_evaluate(_classifier_config(celeba[0]), wd)
   return wd
 
 
@@ -161,14 +131,14 @@ def conditional_workdir(celeba, tmp_path_factory):
 
 def test_classifier_learns_planted_attribute(celeba, classifier_workdir):
   data, labels, bright = celeba
-  clf, config = ac.restore(classifier_workdir)
+  clf, config = classifier.restore(classifier_workdir)
   assert clf.step == 40 and clf.attribute_names == tuple(ATTRS)
   assert config.model.widths == (16, 16, 16)
-  root = ac.classifier_dir(classifier_workdir)
+  root = classifier.classifier_dir(classifier_workdir)
   assert sorted(os.listdir(checkpoint.checkpoint_dir(root))) == ["20", "40"]
   assert os.path.exists(os.path.join(root, "metrics.jsonl"))
   test = list(sampling.dataset_batches(data, "test", 8, NUM_TEST))
-  y, p = ac.predict_dataset(clf, test)
+  y, p = classifier.predict_dataset(clf, test)
   np.testing.assert_array_equal(y, labels[NUM_TRAIN:])
   assert p.shape == (NUM_TEST, 40) and ((p >= 0) & (p <= 1)).all()
   # Held-out images: the planted attribute is read off the image.
@@ -176,24 +146,24 @@ def test_classifier_learns_planted_attribute(celeba, classifier_workdir):
   acc = np.mean((p[:, PLANTED] > 0.5) == is_bright)
   assert acc >= 0.9, p[:, PLANTED]
   assert p[is_bright, PLANTED].mean() - p[~is_bright, PLANTED].mean() > 0.6
-  result = ac.evaluate(clf, test)
+  result = classifier.evaluate(clf, test)
   assert result["per_attribute_accuracy"][PLANTED] == acc
   assert result["num_examples"] == NUM_TEST and np.isfinite(result["loss"])
   # Running again resumes at the last step: nothing more to train.
-  again = ac.train_and_evaluate(_classifier_config(data), classifier_workdir)
+  again = classifier.train_and_evaluate(_classifier_config(data), classifier_workdir)
   assert again.step == 40
 
 
 def test_classifier_config_errors(celeba, tmp_path):
   c = _classifier_config(celeba[0])
   c.model.num_attributes = 3
-  with pytest.raises(ac.ClassifierError, match="num_attributes=40"):
-    ac.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(classifier.ClassifierError, match="num_attributes=40"):
+    classifier.train_and_evaluate(c, str(tmp_path))
   c = _classifier_config(ml_collections.ConfigDict(tiny.get_config().data))  # digits
-  with pytest.raises(ac.ClassifierError, match="has no attributes"):
-    ac.train_and_evaluate(c, str(tmp_path))
-  with pytest.raises(ac.ClassifierError, match="No classifier checkpoint"):
-    ac.restore(str(tmp_path / "none"))
+  with pytest.raises(classifier.ClassifierError, match="has no attributes"):
+    classifier.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(classifier.ClassifierError, match="No classifier checkpoint"):
+    classifier.restore(str(tmp_path / "none"))
 
 
 # ----------------------------------------------------------------------------
@@ -201,11 +171,11 @@ def test_classifier_config_errors(celeba, tmp_path):
 
 
 def test_conditional_model_uses_y(conditional_workdir):
-  state, config = checkpoint.restore_for_inference(conditional_workdir)
+  state, config = sampling.restore_for_inference(conditional_workdir)
   assert config.model.num_attributes == 40
-  metrics = [json.loads(l) for l in open(os.path.join(conditional_workdir, "metrics.jsonl"))]
-  assert metrics[-1]["step"] == 4
-  assert all(np.isfinite(metrics[-1][k]) for k in ("kl_prior", "llike", "gan_real"))
+  logged = [json.loads(l) for l in open(os.path.join(conditional_workdir, "metrics.jsonl"))]
+  assert logged[-1]["step"] == 4
+  assert all(np.isfinite(logged[-1][k]) for k in ("kl_prior", "llike", "gan_real"))
   sampler = sampling.Sampler.from_state(config, state)
   z = jax.random.normal(jax.random.PRNGKey(0), (2, config.model.z_dim))
   y0, y1 = np.zeros((2, 40), np.float32), np.ones((2, 40), np.float32)
@@ -225,10 +195,10 @@ def test_evaluate_attributes_end_to_end(celeba, classifier_workdir, conditional_
   real, gen_a, gen_b = saved["rows"]
   assert real["kind"] == "real" and gen_a["kind"] == "vaegan" and gen_a["step"] == 4
   # The real row is the metric of the classifier on the real test images.
-  clf, _ = ac.restore(classifier_workdir)
-  y, p = ac.predict_dataset(clf, sampling.dataset_batches(data, "test", 16, NUM_TEST))
+  clf, _ = classifier.restore(classifier_workdir)
+  y, p = classifier.predict_dataset(clf, sampling.dataset_batches(data, "test", 16, NUM_TEST))
   np.testing.assert_array_equal(y, labels[NUM_TRAIN:])
-  want = ac.attribute_similarity(y, p)
+  want = metrics.attribute_similarity(y, p)
   assert real["cosine"] == pytest.approx(want["cosine"], abs=1e-6)
   assert real["mse"] == pytest.approx(want["mse"], abs=1e-6)
   for row in saved["rows"]:
@@ -260,7 +230,7 @@ def test_evaluate_attributes_end_to_end(celeba, classifier_workdir, conditional_
 
 
 def test_evaluate_attributes_errors(classifier_workdir, conditional_workdir, tmp_path):
-  with pytest.raises(ac.ClassifierError, match="No classifier checkpoint"):
+  with pytest.raises(classifier.ClassifierError, match="No classifier checkpoint"):
     attributes.evaluate_attributes([conditional_workdir], str(tmp_path), str(tmp_path / "o"))
   # An unconditional model is refused before anything is generated.
   meta = os.path.join(conditional_workdir, "checkpoints", "4", "config", "metadata")

@@ -12,10 +12,11 @@ import shutil
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax.evaluation import evaluator
+from vaegan_jax.runtime import best_checkpoint
+from vaegan_jax.runtime import checkpoint
 
 FIDS = {2: 5.0, 4: 1.0, 6: 3.0, 8: 4.0, 10: 2.0}
 
@@ -50,11 +51,11 @@ def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path,
   train.train_and_evaluate(_config(8), wd)
   # keep_checkpoints=1 keeps the newest (8) and the best (4), though 6 and 8 are worse.
   assert checkpoint._all_steps(wd) == [4, 8]
-  best = json.load(open(checkpoint.best_path(wd)))
+  best = json.load(open(best_checkpoint.best_path(wd)))
   assert best == {"step": 4, "metric": "samples.fid", "value": 1.0, "features": "scripted"}
   assert sampling.Sampler.from_workdir(wd, "best").step == 4
   assert sampling.Sampler.from_workdir(wd).step == 8
-  state, _ = checkpoint.restore_for_inference(wd, "best")
+  state, _ = sampling.restore_for_inference(wd, "best")
   assert int(state.step) == 4
 
   # The best checkpoint turns out corrupt and is set aside: the record is rebuilt from the
@@ -64,7 +65,7 @@ def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path,
     checkpoint.resolve_step(wd, "best")
   assert evaluator.refresh_best(wd, "samples.fid", [8])["step"] == 8
   train.train_and_evaluate(_config(10), wd)
-  assert json.load(open(checkpoint.best_path(wd)))["step"] == 10
+  assert json.load(open(best_checkpoint.best_path(wd)))["step"] == 10
   assert checkpoint._all_steps(wd) == [10]
 
 

@@ -81,8 +81,8 @@ def _config(name, kind, dtype, **kw):
 
 
 @functools.lru_cache(maxsize=None)
-def _grad_jit(arch, lc):
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), lc=lc)
+def _grad_jit(arch, loss_config):
+  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), loss_config=loss_config)
   return jax.jit(jax.grad(lambda p, st, x, eps, z_p: fn(p, st, x, None, eps, z_p)[0]))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax.evaluation import bn_statistics
+from vaegan_jax.studies import bn_statistics
 
 
 @pytest.mark.slow  # ~1.5-3 min on 2 cores: trains, then the digits classifier's FID

@@ -22,11 +22,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
+from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
 from vaegan_jax import train_step as ts
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
+from vaegan_jax.runtime import checkpoint
+from vaegan_jax.runtime import digest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,11 +109,11 @@ def test_digest_is_the_same_for_the_dataclass_and_the_restored_dicts(tmp_path, s
       os.path.join(_step_dir(wd, 3), "state"))
   assert isinstance(raw, dict) and isinstance(raw["opt_state"]["encoder"], list)
   saved = _at(state, 3)
-  assert checkpoint.state_digest(raw) == checkpoint.state_digest(saved)
-  assert checkpoint.state_digest(jax.device_put(saved)) == checkpoint.state_digest(saved)
+  assert digest.state_digest(raw) == digest.state_digest(saved)
+  assert digest.state_digest(jax.device_put(saved)) == digest.state_digest(saved)
   record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
       os.path.join(_step_dir(wd, 3), "integrity"))
-  assert record == {"format": 1, "sha256": checkpoint.state_digest(saved),
+  assert record == {"format": 1, "sha256": digest.state_digest(saved),
                     "num_leaves": len(jax.tree.leaves(saved))}
 
 
@@ -120,7 +122,7 @@ def test_digest_changes_when_one_byte_of_one_leaf_changes(state):
   kernel.view(np.uint8).reshape(-1)[kernel.nbytes // 2] ^= 1
   params = jax.tree.map(lambda x: x, state.params)  # New dicts, same leaves.
   params["decoder"]["dense"]["kernel"] = kernel
-  assert checkpoint.state_digest(state.replace(params=params)) != checkpoint.state_digest(state)
+  assert digest.state_digest(state.replace(params=params)) != digest.state_digest(state)
 
 
 # ----------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def test_unusable_newest_checkpoint_falls_back_with_one_warning(tmp_path, state,
   on_disk = _steps_on_disk(wd)
   # An explicit step: one line naming the step directory.
   with pytest.raises(checkpoint.CorruptCheckpointError) as e:
-    checkpoint.restore_for_inference(wd, step=bad)
+    sampling.restore_for_inference(wd, step=bad)
   assert _step_dir(wd, bad) in _one_line(e)
   with pytest.raises(checkpoint.CorruptCheckpointError):
     checkpoint.read_config(wd, bad, verify=True)
@@ -222,7 +224,7 @@ def test_unusable_newest_checkpoint_falls_back_with_one_warning(tmp_path, state,
              for w in warnings), warnings
   # Readers fall back the same way, and never move anything.
   assert checkpoint.read_config(wd)[1] == good
-  restored, config = checkpoint.restore_for_inference(wd)
+  restored, config = sampling.restore_for_inference(wd)
   assert int(restored.step) == good and config.kind == "vaegan"
   assert _steps_on_disk(wd) == on_disk
 
@@ -246,7 +248,7 @@ def test_all_checkpoints_unusable_is_one_line_error(tmp_path, state, caplog, qua
     assert checkpoint.restore_latest(wd, _template(), quarantine=True) is None
   else:
     assert "readable" in msg and _steps_on_disk(wd) == ["2", "4"]
-    for read in (checkpoint.read_config, checkpoint.restore_for_inference):
+    for read in (checkpoint.read_config, sampling.restore_for_inference):
       with pytest.raises(checkpoint.CheckpointError, match="None of the checkpoints"):
         read(wd)
 
@@ -270,7 +272,7 @@ def test_intact_checkpoint_of_another_model_is_a_config_error_and_nothing_moves(
   assert _steps_on_disk(wd) == ["2", "4"]
   assert not os.path.exists(checkpoint.quarantine_dir(wd))
   with pytest.raises(checkpoint.CheckpointError, match="does not match the model"):
-    checkpoint.restore_for_inference(wd, config=_config(z_dim=4))
+    sampling.restore_for_inference(wd, config=_config(z_dim=4))
 
 
 def test_checkpoint_without_checksum_restores_with_a_warning(tmp_path, state, caplog):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vaegan_jax.evaluation import compare
+from vaegan_jax.studies import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

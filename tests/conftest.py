@@ -27,3 +27,14 @@ atexit.register(shutil.rmtree, _jax_cache, True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_io_hooks():
+  """What the binaries' entry point (``cli.run``) installs: in-process runs here
+  see the same console (Orbax's closed-loop callbacks after a failed save are
+  not reported as unraisable exceptions)."""
+  from vaegan_jax.runtime import io_errors  # pylint: disable=g-import-not-at-top
+  io_errors.install_quiet_hooks()

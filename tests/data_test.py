@@ -202,9 +202,12 @@ def test_preprocess_flip_and_scaling():
 def test_config_errors():
   with pytest.raises(ip.DataError, match="Unknown dataset 'imagenet'"):
     ip.validate(_config(name="imagenet"))
-  for size in (0, 30, -8, 4096, "64"):
+  for size in (0, 1, -8, 4096, "64"):
     with pytest.raises(ip.DataError, match="image_size"):
       ip.validate(_config(image_size=size))
+  # Any size can be served; which sizes a network takes is the network's check
+  # (models.Architecture.validate, run first by the trainer).
+  assert ip.validate(_config(image_size=30)).image_size == 30
   with pytest.raises(ip.DataError, match="data.channels=1"):
     ip.validate(_config(channels=3))
   with pytest.raises(ip.DataError, match="Unknown split 'validation'"):

@@ -3,8 +3,9 @@
 FID against closed forms of the Fréchet distance of Gaussians and against
 scipy's sqrtm route written out here; KID against a direct O(n^2) numpy
 MMD^2; precision/recall on point clouds whose answer is known; the classifier
-scores and PSNR on cases computed by hand; the sharpness spectrum on white noise
-(flat, at its variance) and on Gaussian blurs (power times exp(-4 pi^2 sigma^2 f^2)).
+scores, the attribute similarity and PSNR on cases computed by hand; the
+sharpness spectrum on white noise (flat, at its variance) and on Gaussian blurs
+(power times exp(-4 pi^2 sigma^2 f^2)).
 """
 
 import numpy as np
@@ -173,6 +174,36 @@ def test_inception_score_by_hand_over_splits():
   assert got["inception_score_std"] == pytest.approx(np.std([c] * 5 + [1] * 5), rel=1e-6)
   with pytest.raises(ValueError, match="splits"):
     metrics.inception_score(probs[:5], splits=10)
+
+
+def test_attribute_similarity_by_hand():
+  y = [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
+  p = [[0.9, 0.2, 0.6], [0.1, 0.3, 0.2], [0.5, 0.5, 0.5]]
+  got = metrics.attribute_similarity(y, p)
+  # Row 0: <y, p> = 1.5, |y| = sqrt(2), |p| = sqrt(0.81 + 0.04 + 0.36) = 1.1.
+  # Row 1: y = 0 -> counts as 0. Row 2: p parallel to y -> 1.
+  assert got["cosine"] == pytest.approx((1.5 / (np.sqrt(2) * 1.1) + 0 + 1) / 3, abs=1e-12)
+  # Squared errors: .01 .04 .16 | .01 .09 .04 | .25 .25 .25 -> 1.10 / 9.
+  assert got["mse"] == pytest.approx(1.10 / 9, abs=1e-12)
+  assert got["num_examples"] == 3 and got["num_zero_norm"] == 1
+  # Against a plain loop on random data.
+  rng = np.random.default_rng(0)
+  y = (rng.random((50, 7)) < 0.4).astype(np.float32)
+  p = rng.random((50, 7)).astype(np.float32)
+  cos = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() else 0.0
+         for a, b in zip(y.astype(np.float64), p.astype(np.float64))]
+  got = metrics.attribute_similarity(y, p)
+  assert got["cosine"] == pytest.approx(np.mean(cos), abs=1e-9)
+  assert got["mse"] == pytest.approx(np.mean((y.astype(np.float64) - p) ** 2), abs=1e-9)
+  perfect = metrics.attribute_similarity(y, y)
+  assert perfect["mse"] == 0 and perfect["cosine"] == pytest.approx(
+      np.mean(y.any(axis=1)))
+  assert metrics.binary_accuracy([[1, 0]], [[0.7, 0.6]]) == 0.5
+  # Only an exactly zero norm counts as 0: a tiny one is still a direction.
+  tiny = metrics.attribute_similarity([[1e-20, 0.0]], [[1e-20, 0.0]])
+  assert tiny["cosine"] == 1.0 and tiny["num_zero_norm"] == 0
+  with pytest.raises(ValueError, match="same shape"):
+    metrics.attribute_similarity(y, p[:, :3])
 
 
 def test_pixel_metrics_by_hand():

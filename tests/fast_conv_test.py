@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegan_jax.cpu import fast_conv
 from vaegan_jax import layers
+from vaegan_jax.cpu import fast_conv
 
 FORMS = fast_conv.FORMS
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from vaegan_jax import checkpoint
+from vaegan_jax import sampling
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +89,8 @@ def test_kill9_at_random_moments_resumes_bitwise(tmp_path):
   p = _spawn(ref, *TINY, f"--config.num_train_steps={total}", f"--config.checkpoint_every={total}")
   _, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
-  a, _ = checkpoint.restore_for_inference(wd)
-  b, _ = checkpoint.restore_for_inference(ref)
+  a, _ = sampling.restore_for_inference(wd)
+  b, _ = sampling.restore_for_inference(ref)
   assert int(a.step) == int(b.step) == total
   _assert_bitwise(a, b)
 
@@ -117,7 +117,7 @@ def test_sigterm_exits_within_the_grace_period_of_a_slow_run(tmp_path):
   assert p.returncode == 0, err[-3000:]
   step = _stopped_step(err)
   assert _steps(wd)[-1] == step
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   assert int(state.step) == step
   print(f"SIGTERM to exit: {exit_s:.1f} s")
 
@@ -186,7 +186,7 @@ def test_two_processes_sigterm_agree_save_and_exit(tmp_path, targets):
     assert p.returncode == 0, err[-3000:]
   steps = [_stopped_step(err) for err in errs]
   assert steps[0] == steps[1] == _steps(wd)[-1]
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   assert int(state.step) == steps[0]
   print(f"2 processes, SIGTERM to {targets}: exit after {exit_s:.1f} s")
 
@@ -220,7 +220,7 @@ def test_disk_full_is_one_line_at_the_failed_save_and_keeps_the_last_checkpoint(
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "disk full" in last.lower(), err[-3000:]
     os.remove(os.path.join(mnt, "filler"))
-    state, _ = checkpoint.restore_for_inference(wd)
+    state, _ = sampling.restore_for_inference(wd)
     assert int(state.step) == 4
   finally:
     subprocess.run(["umount", "-l", mnt], capture_output=True)

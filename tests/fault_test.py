@@ -18,10 +18,11 @@ import pytest
 from absl import logging
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
 from vaegan_jax import data
+from vaegan_jax import sampling
 from vaegan_jax import train
-from vaegan_jax import workdir_lock
+from vaegan_jax.runtime import checkpoint
+from vaegan_jax.runtime import workdir_lock
 
 
 def _config(**kw):
@@ -69,7 +70,7 @@ def test_update_that_blows_up_on_a_checkpoint_step_is_not_saved(tmp_path):
     train.train_and_evaluate(_config(num_train_steps=12, checkpoint_every=1,
                                      learning_rate=1e30), wd)
   assert _steps(wd) == [4]
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   jax.tree.map(np.testing.assert_array_equal, state.params, good.params)
   resumed = train.train_and_evaluate(_config(num_train_steps=6), wd)
   assert int(resumed.step) == 6
@@ -106,7 +107,7 @@ def test_error_exit_finishes_the_in_flight_save(tmp_path, monkeypatch):
   # Checkpoint 8 is saved once step 9's loss is seen: before batch 10 is asked for.
   assert _steps(wd)[-1] == 8
   assert not [d for d in os.listdir(os.path.join(wd, "checkpoints")) if "tmp" in d]
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   assert int(state.step) == 8
 
 
@@ -123,7 +124,7 @@ def test_signal_saves_the_reported_step_and_returns(tmp_path, monkeypatch, caplo
   assert _steps(wd) == [stopped]
   assert f"stopped after step {stopped}" in caplog.text
   assert signal.Signals(sig).name in caplog.text
-  restored, _ = checkpoint.restore_for_inference(wd)
+  restored, _ = sampling.restore_for_inference(wd)
   jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
   # The handlers are restored afterwards.
   assert signal.getsignal(sig) is handler_before

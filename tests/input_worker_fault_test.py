@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from vaegan_jax import checkpoint
+from vaegan_jax import sampling
+from vaegan_jax.runtime import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def test_a_killed_worker_ends_the_run_in_one_line_with_the_step_saved(tmp_path):
   assert "leaked shared_memory" not in err
   saved = int(lines[-1].split("is saved (checkpoint ")[1].rstrip(")."))
   assert saved in checkpoint._all_steps(wd)
-  state, _ = checkpoint.restore_for_inference(wd)  # the saved step restores and is the newest
+  state, _ = sampling.restore_for_inference(wd)  # the saved step restores and is the newest
   assert int(state.step) == saved
   _wait_gone(everyone)  # the other worker and the resource tracker
   assert _shm() <= before

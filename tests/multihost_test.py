@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from vaegan_jax import checkpoint
+from vaegan_jax import sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=experiments/configs/tiny.py", "--config.model.conv_impl=xla",
@@ -52,8 +52,8 @@ def test_two_processes_match_one_process(tmp_path):
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
 
-  a, _ = checkpoint.restore_for_inference(single)
-  b, _ = checkpoint.restore_for_inference(multi)
+  a, _ = sampling.restore_for_inference(single)
+  b, _ = sampling.restore_for_inference(multi)
   assert int(a.step) == int(b.step) == 6
   for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(v).max())))

@@ -102,17 +102,17 @@ def test_early_progress_line_and_rates_exclude_compiling(tmp_path, monkeypatch):
   import types  # pylint: disable=g-import-not-at-top
   from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import trainer_utils  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.runtime import loop  # pylint: disable=g-import-not-at-top
   jump = [0.0]
-  monkeypatch.setattr(trainer_utils, "time",
+  monkeypatch.setattr(loop, "time",
                       types.SimpleNamespace(time=lambda: time.time() + jump[0]))
-  compiled = trainer_utils.Progress.compiled
+  compiled = loop.Progress.compiled
 
   def slow_compile(self, *args, **kwargs):
     jump[0] += 1000.0
     compiled(self, *args, **kwargs)
 
-  monkeypatch.setattr(trainer_utils.Progress, "compiled", slow_compile)
+  monkeypatch.setattr(loop.Progress, "compiled", slow_compile)
   c = tiny.get_config()
   c.model.conv_impl = "xla"
   c.log_every, c.num_train_steps, c.checkpoint_every, c.sample_every = 50, 12, 100, 100

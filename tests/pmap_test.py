@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax import parallel
 from vaegan_jax import train_step as ts
+from vaegan_jax.runtime import parallel
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -22,7 +22,8 @@ import time
 import numpy as np
 import pytest
 
-from vaegan_jax import checkpoint
+from vaegan_jax import sampling
+from vaegan_jax.runtime import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ def test_a_storm_of_sigterms_and_kill9s_ends_bitwise_where_an_uninterrupted_run_
   straight = _spawn(ref, "--config.checkpoint_every=4")
   err = straight.communicate(timeout=900)[1]
   assert straight.returncode == 0, err[-3000:]
-  a, _ = checkpoint.restore_for_inference(wd)
-  b, _ = checkpoint.restore_for_inference(ref)
+  a, _ = sampling.restore_for_inference(wd)
+  b, _ = sampling.restore_for_inference(ref)
   assert int(a.step) == int(b.step) == TOTAL
   _assert_bitwise(a, b)

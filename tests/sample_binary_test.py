@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
-from vaegan_jax import image_grid
 from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
 from vaegan_jax import train
+from vaegan_jax.runtime import checkpoint
+from vaegan_jax.runtime import image_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, Z, PAD = 16, 8, 2  # tiny config: image size, z_dim; make_grid padding.
@@ -59,7 +59,7 @@ def _derived_checkpoint(workdir, wd, drop=(), **changes):
   Cheaper than training or initialising another model (no compilation).
   ``changes`` maps 'model.x' / 'data.x' / 'x' to new config values.
   """
-  state, config = checkpoint.restore_for_inference(workdir)
+  state, config = sampling.restore_for_inference(workdir)
   keep = lambda d: {g: v for g, v in d.items() if g not in drop}
   state = state.replace(params=keep(state.params), batch_stats=keep(state.batch_stats),
                         opt_state=keep(state.opt_state))
@@ -126,7 +126,7 @@ def test_outputs_shapes_content_and_determinism(workdir, tmp_path):
 
   # reconstructions.png: rows of held-out inputs (the eval split's first
   # images, unflipped) above rows of Dec(z) of the saved codes.
-  state, config = checkpoint.restore_for_inference(workdir)
+  state, config = sampling.restore_for_inference(workdir)
   sampler = sampling.Sampler.from_state(config, state)
   x = next(iter(sampling.dataset_batches(config.data, "test", NUM, NUM)))["image"]
   rec = image_grid.to_uint8(sampler.decode(codes["reconstructions"]))
@@ -173,7 +173,7 @@ def test_library_arrays_from_a_workdir_or_a_sampler_and_nothing_written(workdir,
     with open(os.path.join(out_a, name), "rb") as a, open(os.path.join(out_b, name), "rb") as b:
       assert a.read() == b.read(), name
   # A Sampler must know its config; it holds one step.
-  state, _ = checkpoint.restore_for_inference(workdir)
+  state, _ = sampling.restore_for_inference(workdir)
   bare = sampling.Sampler(sampler.arch, state.params, state.batch_stats)
   with pytest.raises(sampling_outputs.SampleError, match="no config"):
     sampling_outputs.sample_outputs(bare)

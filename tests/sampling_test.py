@@ -1,4 +1,4 @@
-"""Tests of vaegan_jax.sampling and vaegan_jax.image_grid (tiny 16x16x1 model)."""
+"""Tests of vaegan_jax.sampling and vaegan_jax.runtime.image_grid (tiny 16x16x1 model)."""
 
 import functools
 import os
@@ -12,17 +12,17 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from vaegan_jax import image_grid
 from vaegan_jax import models
 from vaegan_jax import sampling
 from vaegan_jax import train_step as ts
+from vaegan_jax.runtime import image_grid
 
 ATOL = 1e-5  # Different batch shapes may pick different XLA kernels.
 
 
 def _config(**model_kw):
   c = tiny.get_config()
-  c.model.conv_impl = 'xla'
+  c.model.conv_impl = "xla"
   c.model.update(model_kw)
   return c
 
@@ -31,17 +31,17 @@ def _images(seed, b, s=16, c=1):
   return jnp.asarray(np.random.RandomState(seed).uniform(-1, 1, (b, s, s, c)), jnp.float32)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def trained():
   """(config, state, sampler) after two training steps on random images."""
   config = _config()
   state = ts.create_train_state(config, jax.random.PRNGKey(0))
   step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
   for i in range(2):
-    state, _ = step(state, {'image': _images(i, 8)})
+    state, _ = step(state, {"image": _images(i, 8)})
   # Training moved the BN running averages away from their init (0 / 1), so
   # inference mode is really exercised.
-  assert np.abs(np.asarray(state.batch_stats['encoder']['bn0']['mean'])).max() > 0
+  assert np.abs(np.asarray(state.batch_stats["encoder"]["bn0"]["mean"])).max() > 0
   return config, state, sampling.Sampler.from_state(config, state)
 
 
@@ -91,7 +91,7 @@ def test_reconstruct(trained):
   np.testing.assert_array_equal(np.asarray(za), np.asarray(zb))
   assert not np.allclose(za, zc)
   assert not np.allclose(za, z)
-  with pytest.raises(ValueError, match='rng'):
+  with pytest.raises(ValueError, match="rng"):
     sampler.encode(x, use_mean=False)
 
 
@@ -107,14 +107,14 @@ def test_encode_is_deterministic_and_batch_independent(trained):
   np.testing.assert_allclose(sampler.decode(z[:1]), images[:1], atol=ATOL)
   # Chunking (with a zero-padded last chunk) changes nothing either.
   variables = sampler.variables
-  chunked = sampling.Sampler(sampler.arch, {g: v['params'] for g, v in variables.items()},
-                             {g: v['batch_stats'] for g, v in variables.items()},
+  chunked = sampling.Sampler(sampler.arch, {g: v["params"] for g, v in variables.items()},
+                             {g: v["batch_stats"] for g, v in variables.items()},
                              chunk_size=3)
   np.testing.assert_allclose(chunked.encode(x), z, atol=ATOL)
   np.testing.assert_allclose(chunked.decode(z), images, atol=ATOL)
-  with pytest.raises(ValueError, match='shape'):
+  with pytest.raises(ValueError, match="shape"):
     sampler.encode(_images(0, 2, s=8))
-  with pytest.raises(ValueError, match='unconditional'):
+  with pytest.raises(ValueError, match="unconditional"):
     sampler.decode(z, y=np.zeros((7, 2)))
 
 
@@ -129,7 +129,7 @@ def test_from_replicated_state(trained):
 # --- interpolation ----------------------------------------------------------
 
 
-@pytest.mark.parametrize('method', ['linear', 'slerp'])
+@pytest.mark.parametrize("method", ["linear", "slerp"])
 def test_interpolate_endpoints(trained, method):
   _, _, sampler = trained
   k0, k1 = jax.random.split(jax.random.PRNGKey(5))
@@ -144,7 +144,7 @@ def test_interpolate_endpoints(trained, method):
   np.testing.assert_allclose(images[:, -1], sampler.decode(z1), atol=ATOL)
   # Frames in between are distinct from the endpoints.
   assert np.abs(np.asarray(images[:, 2] - images[:, 0])).max() > 1e-4
-  if method == 'linear':
+  if method == "linear":
     np.testing.assert_allclose(path[:, 2], 0.5 * (z0 + z1), rtol=1e-5, atol=1e-6)
   else:  # Norms stay (roughly) between the endpoints' norms.
     norms = np.linalg.norm(np.asarray(path), axis=-1)
@@ -157,26 +157,26 @@ def test_slerp_geometry():
   rng = np.random.RandomState(0)
   z0 = jnp.asarray(rng.randn(16, 64), jnp.float32)
   z1 = jnp.asarray(rng.randn(16, 64), jnp.float32)
-  path = np.asarray(sampling.interpolation_path(z0, z1, 9, 'slerp'))
+  path = np.asarray(sampling.interpolation_path(z0, z1, 9, "slerp"))
   norms = np.linalg.norm(path, axis=-1)  # (16, 9)
   n0, n1 = np.linalg.norm(z0, axis=-1), np.linalg.norm(z1, axis=-1)
   lo, hi = np.minimum(n0, n1)[:, None], np.maximum(n0, n1)[:, None]
   # Stays on the prior's shell (the linear midpoint drops to ~|z|/sqrt(2)).
   assert (norms >= 0.97 * lo).all() and (norms <= 1.03 * hi).all()
-  lin_mid = np.linalg.norm(np.asarray(sampling.interpolation_path(z0, z1, 9, 'linear'))[:, 4], axis=-1)
+  lin_mid = np.linalg.norm(np.asarray(sampling.interpolation_path(z0, z1, 9, "linear"))[:, 4], axis=-1)
   assert (lin_mid < 0.9 * lo[:, 0]).all()
   # Unit vectors: norm exactly 1 along the path, equal angular steps.
   u0 = z0 / jnp.linalg.norm(z0, axis=-1, keepdims=True)
   u1 = z1 / jnp.linalg.norm(z1, axis=-1, keepdims=True)
-  up = np.asarray(sampling.interpolation_path(u0, u1, 9, 'slerp'))
+  up = np.asarray(sampling.interpolation_path(u0, u1, 9, "slerp"))
   np.testing.assert_allclose(np.linalg.norm(up, axis=-1), 1.0, atol=1e-5)
   steps = np.arccos(np.clip(np.sum(up[:, 1:] * up[:, :-1], -1), -1, 1))
   np.testing.assert_allclose(steps, steps[:, :1] * np.ones_like(steps), atol=1e-3)
   # Parallel and anti-parallel pairs (and a zero vector) fall back to linear.
   a = jnp.asarray([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
   b = jnp.asarray([[2.0, 4.0, 6.0], [-1.0, -2.0, -3.0], [1.0, 0.0, 0.0]])
-  got = np.asarray(sampling.interpolation_path(a, b, 5, 'slerp'))
-  want = np.asarray(sampling.interpolation_path(a, b, 5, 'linear'))
+  got = np.asarray(sampling.interpolation_path(a, b, 5, "slerp"))
+  want = np.asarray(sampling.interpolation_path(a, b, 5, "linear"))
   assert np.isfinite(got).all()
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -210,8 +210,8 @@ def _planted(z_dim=6, seed=0, noise=0.05, scale=1):
 def test_attribute_vectors_recover_planted_directions():
   z, attrs, d = _planted()
   with warnings.catch_warnings():
-    warnings.simplefilter('error')  # All attributes valid: no warning.
-    av = sampling.attribute_vectors(z, attrs, names=['a', 'b', 'c'])
+    warnings.simplefilter("error")  # All attributes valid: no warning.
+    av = sampling.attribute_vectors(z, attrs, names=["a", "b", "c"])
   assert av.vectors.shape == d.shape
   assert av.valid.all()
   np.testing.assert_array_equal(av.num_positive, attrs.sum(0))
@@ -232,8 +232,8 @@ def test_attribute_vectors_degenerate_attribute():
   z, attrs, _ = _planted()
   attrs[:, 1] = 0.0  # No positives.
   attrs[:, 2] = 1.0  # No negatives.
-  with pytest.warns(RuntimeWarning, match=r'b \(0\+/3200-\).*c \(3200\+/0-\)'):
-    av = sampling.attribute_vectors(z, attrs, names=['a', 'b', 'c'])
+  with pytest.warns(RuntimeWarning, match=r"b \(0\+/3200-\).*c \(3200\+/0-\)"):
+    av = sampling.attribute_vectors(z, attrs, names=["a", "b", "c"])
   np.testing.assert_array_equal(av.valid, [True, False, False])
   assert np.isfinite(np.asarray(av.vectors)).all()
   np.testing.assert_array_equal(np.asarray(av.vectors[1:]), 0.0)
@@ -252,7 +252,7 @@ def test_apply_attribute_arithmetic():
   av = sampling.AttributeVectors(vectors, np.ones(3, bool), np.ones(3), np.ones(3))
   np.testing.assert_allclose(sampling.apply_attribute(z, av, (0, 1)),
                              [[2.0, 3.0, 1.0], [1.0, 2.0, 0.0]])
-  with pytest.raises(ValueError, match='out of range'):
+  with pytest.raises(ValueError, match="out of range"):
     sampling.apply_attribute(z, vectors, 3)
 
 
@@ -272,7 +272,7 @@ def test_encode_dataset_identity_encoder_recovers_planted_vectors():
     while True:
       pulled.append(i)
       s = slice(i * 64 % n, i * 64 % n + 64)
-      yield {'image': images[s], 'attributes': attrs[s], 'label': np.zeros(64)}
+      yield {"image": images[s], "attributes": attrs[s], "label": np.zeros(64)}
       i += 1
 
   got_z, got_a = sampling.encode_dataset(stub, batches(), 500)
@@ -291,8 +291,8 @@ def test_encode_dataset_real_model(trained):
   _, _, sampler = trained
   x = np.asarray(_images(30, 10))
   a = (np.random.RandomState(0).rand(10, 2) > 0.5).astype(np.float32)
-  batches = [{'image': x[:4], 'attributes': a[:4]}, {'image': x[4:8], 'attributes': a[4:8]},
-             {'image': x[8:], 'attributes': a[8:]}]
+  batches = [{"image": x[:4], "attributes": a[:4]}, {"image": x[4:8], "attributes": a[4:8]},
+             {"image": x[8:], "attributes": a[8:]}]
   z, attrs = sampling.encode_dataset(sampler, iter(batches), 6)
   np.testing.assert_allclose(z, sampler.encode(x[:6]), atol=ATOL)
   np.testing.assert_array_equal(attrs, a[:6])
@@ -302,19 +302,19 @@ def test_encode_dataset_real_model(trained):
 
 def test_dataset_batches_digits(trained):
   config, _, sampler = trained
-  batches = list(sampling.dataset_batches(config.data, 'test', 64, 150, seed=0))
-  assert [len(b['image']) for b in batches] == [64, 64, 22]
-  assert batches[0]['image'].shape[1:] == (16, 16, 1)
+  batches = list(sampling.dataset_batches(config.data, "test", 64, 150, seed=0))
+  assert [len(b["image"]) for b in batches] == [64, 64, 22]
+  assert batches[0]["image"].shape[1:] == (16, 16, 1)
   z, attrs = sampling.encode_dataset(sampler, batches, 150)
   assert z.shape == (150, 8) and attrs is None and np.isfinite(z).all()
 
 
 def test_paper_attribute_indices():
   assert len(sampling.PAPER_ATTRIBUTES) == 18
-  names = ['5_o_Clock_Shadow'] + list(reversed(sampling.PAPER_ATTRIBUTES))
+  names = ["5_o_Clock_Shadow"] + list(reversed(sampling.PAPER_ATTRIBUTES))
   idx = sampling.paper_attribute_indices(names)
   assert [names[i] for i in idx] == list(sampling.PAPER_ATTRIBUTES)
-  with pytest.raises(ValueError, match='Bald'):
+  with pytest.raises(ValueError, match="Bald"):
     sampling.paper_attribute_indices(names[2:])
 
 
@@ -327,15 +327,15 @@ def test_conditional_model_needs_y():
   # Random weights of the right shapes: compiling the real initializers (RNG
   # heavy) costs far more on a loaded CPU than everything tested here.
   shapes = jax.eval_shape(
-      lambda k: models.init_variables(arch, k, ('encoder', 'decoder')), jax.random.PRNGKey(0))
+      lambda k: models.init_variables(arch, k, ("encoder", "decoder")), jax.random.PRNGKey(0))
   rng = np.random.RandomState(0)
   fill = lambda path, leaf: (
-      np.ones(leaf.shape, np.float32) if path[-1].key == 'var' else
-      np.zeros(leaf.shape, np.float32) if path[-1].key == 'mean' else
+      np.ones(leaf.shape, np.float32) if path[-1].key == "var" else
+      np.zeros(leaf.shape, np.float32) if path[-1].key == "mean" else
       rng.normal(0, 0.2, leaf.shape).astype(np.float32))
   v = jax.tree_util.tree_map_with_path(fill, shapes)
-  sampler = sampling.Sampler(config, {g: v[g]['params'] for g in v},
-                             {g: v[g]['batch_stats'] for g in v})
+  sampler = sampling.Sampler(config, {g: v[g]["params"] for g in v},
+                             {g: v[g]["batch_stats"] for g in v})
   y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
   images, z = sampling.sample(sampler, jax.random.PRNGKey(0), 4, y=y)
   _check_images(images, (4, 16, 16, 1))
@@ -349,7 +349,7 @@ def test_conditional_model_needs_y():
   np.testing.assert_allclose(frames[:, 0], sampler.decode(z[:2], y[:2]), atol=ATOL)
   zz = sampler.encode(images, y[0])
   assert zz.shape == (4, 8)
-  with pytest.raises(ValueError, match='conditional'):
+  with pytest.raises(ValueError, match="conditional"):
     sampler.decode(z)
 
 
@@ -372,15 +372,15 @@ def test_make_grid_shape_and_values():
   assert clipped[2, 2, 0] == 255 and clipped[2, 3, 0] == 0
 
 
-@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize("channels", [1, 3])
 def test_save_png_round_trip(tmp_path, channels):
   x = np.random.RandomState(0).uniform(-1, 1, (5, 8, 8, channels))
   grid = image_grid.make_grid(x, 3, padding=1)
-  path = tmp_path / 'sub' / 'grid.png'
+  path = tmp_path / "sub" / "grid.png"
   image_grid.save_png(str(path), grid)
   image_grid.save_png(str(path), grid)  # Overwrites in place.
-  assert os.listdir(path.parent) == ['grid.png']  # No temp file left behind.
+  assert os.listdir(path.parent) == ["grid.png"]  # No temp file left behind.
   with Image.open(path) as img:
-    assert img.mode == ('L' if channels == 1 else 'RGB')
+    assert img.mode == ("L" if channels == 1 else "RGB")
     back = np.asarray(img)
   np.testing.assert_array_equal(back, grid[..., 0] if channels == 1 else grid)

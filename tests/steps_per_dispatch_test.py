@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
-from vaegan_jax import parallel
+from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax import train_step as ts
+from vaegan_jax.runtime import parallel
 
 
 def _config(**kw):
@@ -126,7 +126,7 @@ def test_training_with_blocks_equals_one_step_per_dispatch(tmp_path, k):
   assert "input_wait_fraction" in lb[-1] and 0 <= lb[-1]["input_wait_fraction"] <= 1
   assert sorted(os.listdir(os.path.join(ref, "samples"))) == sorted(
       os.listdir(os.path.join(blk, "samples")))
-  restored, _ = checkpoint.restore_for_inference(blk)
+  restored, _ = sampling.restore_for_inference(blk)
   _assert_state_equal(restored, b)
 
 
@@ -167,7 +167,7 @@ def test_a_loss_that_goes_bad_inside_a_block_keeps_the_checkpoint_before_it(tmp_
     train.train_and_evaluate(_config(num_train_steps=16, log_every=16, sample_every=16,
                                      steps_per_dispatch=4), wd)
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["8"]
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   assert int(state.step) == 8
   for leaf in jax.tree.leaves(state.params):
     assert np.isfinite(leaf).all()

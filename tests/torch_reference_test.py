@@ -38,8 +38,8 @@ else:
 
 from experiments import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vaegan_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 B = 8
@@ -178,9 +178,9 @@ def _ours_grads(c, x, eps, z_p):
   """jax.grad of routed_loss (eager: the tiny model's ops compile once for all cases)."""
   state = _State(c)
   nets = models.Networks.create(models.Architecture.from_config(c.model))
-  lc = ts.LossConfig.from_config(c)
+  loss_config = ts.LossConfig.from_config(c)
   grads, (terms, _) = jax.grad(
-      lambda p: ts.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets, lc=lc),
+      lambda p: ts.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets, loss_config=loss_config),
       has_aux=True)(state.params)
   return state, jax.tree.map(np.asarray, grads), {k: float(v) for k, v in terms.items()}
 

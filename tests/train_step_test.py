@@ -59,8 +59,8 @@ def _routed_grad_fn(config):
 
 
 @functools.lru_cache(maxsize=None)
-def _routed_grad_jit(arch, lc):
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), lc=lc)
+def _routed_grad_jit(arch, loss_config):
+  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), loss_config=loss_config)
   return jax.jit(jax.grad(lambda p, st, x, eps, z_p: fn(p, st, x, None, eps, z_p)[0]))
 
 
@@ -264,10 +264,10 @@ def test_gamma_scales_only_decoder_llike_gradient():
 
 
 def test_balance_rule():
-  lc = ts.LossConfig(balance=True)
+  loss_config = ts.LossConfig(balance=True)
   f = lambda r, fk: {k: bool(v) for k, v in ts._balance_flags(
       {"gan_bce": 0.0, "balance_real_cost": jnp.float32(r),
-       "balance_fake_cost": jnp.float32(fk)}, lc).items()}
+       "balance_fake_cost": jnp.float32(fk)}, loss_config).items()}
   assert f(0.7, 0.7) == {"decoder": True, "discriminator": True}
   assert f(0.2, 0.7) == {"decoder": True, "discriminator": False}  # Dis too good
   assert f(0.7, 1.2) == {"decoder": False, "discriminator": True}  # Dec too bad
@@ -314,7 +314,7 @@ def test_conditional_model_routing(gan_form):
   y = jnp.asarray(np.random.RandomState(1).randint(0, 2, (x.shape[0], 3)), jnp.float32)
   arch = models.Architecture.from_config(config.model)
   fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch),
-                         lc=ts.LossConfig.from_config(config))
+                         loss_config=ts.LossConfig.from_config(config))
   routed = jax.jit(jax.grad(lambda p: fn(p, state.batch_stats, x, y, eps, z_p)[0]))(state.params)
   refs = reference.group_losses(config, state.params, state.batch_stats, x, eps, z_p, y)
   for group, loss in refs.items():
@@ -337,7 +337,7 @@ def test_compiled_step_has_one_backward_per_path(kind, kw):
   state, x, eps, z_p = _setup(config)
   arch = models.Architecture.from_config(config.model)
   fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch),
-                         lc=ts.LossConfig.from_config(config))
+                         loss_config=ts.LossConfig.from_config(config))
   loss = lambda p: fn(p, state.batch_stats, x, None, eps, z_p)[0]
   forward, routed = _flops(loss, state.params), _flops(jax.grad(loss), state.params)
   naive = _flops(lambda p: reference.naive_grads(config, p, state.batch_stats, x, eps, z_p),

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from vaegan_jax import checkpoint
 from vaegan_jax import data
+from vaegan_jax import sampling
 from vaegan_jax import train
+from vaegan_jax.runtime import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def test_end_to_end_writes_checkpoint_metrics_and_grids(tmp_path):
   assert samples.mode == "L" and samples.size[0] > 4 * 16
   assert os.path.exists(os.path.join(wd, "samples", "reconstructions_0000004.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))
-  restored, config = checkpoint.restore_for_inference(wd)
+  restored, config = sampling.restore_for_inference(wd)
   _assert_trees_equal(restored.params, state.params)
   assert config.model.image_size == 16 and config.kind == "vaegan"
 
@@ -73,7 +74,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r"Non-finite loss \(.+\) at step \d+"):
     train.train_and_evaluate(_config(num_train_steps=12, learning_rate=1e30), wd)
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4"]
-  restored, _ = checkpoint.restore_for_inference(wd)
+  restored, _ = sampling.restore_for_inference(wd)
   _assert_trees_equal(restored.params, good.params)
 
 
@@ -116,7 +117,7 @@ def test_sigterm_saves_and_exits_cleanly_then_kill9_leaves_restorable(tmp_path):
   _wait_for_checkpoint_step(wd, steps[-1] + 3, proc)
   proc.kill()
   proc.communicate()
-  state, _ = checkpoint.restore_for_inference(wd)
+  state, _ = sampling.restore_for_inference(wd)
   assert int(state.step) > steps[-1]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from vaegan_jax import attribute_classifier as ac
-from vaegan_jax import checkpoint
+from vaegan_jax import classifier
 from vaegan_jax import data
 from vaegan_jax import train
+from vaegan_jax.runtime import checkpoint
 
 
 def _config(**kw):
@@ -67,14 +67,14 @@ def test_data_refused_while_setting_up_leaves_no_empty_outputs(tmp_path):
 
 def test_sigterm_while_the_feature_classifier_trains_is_a_clean_stop(tmp_path, monkeypatch,
                                                                      caplog):
-  real_step = ac.train_step
+  real_step = classifier.train_step
 
   def step_then_sigterm(state, *a, **kw):
     if int(state.step) == 1:
       os.kill(os.getpid(), signal.SIGTERM)
     return real_step(state, *a, **kw)
 
-  monkeypatch.setattr(ac, "train_step", step_then_sigterm)
+  monkeypatch.setattr("vaegan_jax.classifier.model.train_step", step_then_sigterm)
   monkeypatch.setenv("VAEGAN_CACHE_DIR", str(tmp_path / "cache"))
   wd = str(tmp_path / "wd")
   with caplog.at_level(logging.WARNING):

@@ -38,8 +38,9 @@ network calls are jitted once per ``Architecture`` and input chunk shape.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -48,15 +49,17 @@ import numpy as np
 
 from vaegan_jax import data
 from vaegan_jax import models
+from vaegan_jax import train_step
+from vaegan_jax.runtime import checkpoint
 
 Array = jax.Array
 
 # The 18 CelebA attributes of the paper's Sec. 5.2 / Fig. 6 (CelebA spelling).
 PAPER_ATTRIBUTES = (
-    'Bald', 'Bangs', 'Black_Hair', 'Blond_Hair', 'Bushy_Eyebrows',
-    'Eyeglasses', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones', 'Male',
-    'Mustache', 'Pale_Skin', 'Rosy_Cheeks', 'Smiling', 'Straight_Hair',
-    'Wavy_Hair', 'Wearing_Lipstick', 'Young')
+    "Bald", "Bangs", "Black_Hair", "Blond_Hair", "Bushy_Eyebrows",
+    "Eyeglasses", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male",
+    "Mustache", "Pale_Skin", "Rosy_Cheeks", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Lipstick", "Young")
 
 DEFAULT_CHUNK_SIZE = 256
 # |cos(angle)| above which slerp falls back to linear interpolation: for
@@ -65,16 +68,78 @@ _SLERP_PARALLEL_COS = 0.9995
 
 
 # ----------------------------------------------------------------------------
-# Jitted network calls.
+# Loading a trained model: every reader of a VAE-GAN workdir comes through here.
+
+
+def read_config(workdir: str, step: Union[int, str, None] = None) -> tuple[Any, int]:
+  """(config, step) saved with checkpoint ``step`` of ``workdir``, no arrays restored.
+
+  ``step=None``: the newest checkpoint whose state passes its checksum, so that
+  restoring that step afterwards cannot fail on a corrupt newer one.
+
+  Raises:
+    checkpoint.CheckpointError: one line; no checkpoint directory at all is
+      checked first, so that a typo is not preceded by Orbax's warnings.
+  """
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    raise checkpoint.no_checkpoint(workdir)
+  return checkpoint.read_config(workdir, step)
+
+
+def check_config(config: Any, workdir: str, step: Any) -> models.Architecture:
+  """The Architecture of ``config``, after checking that the config is valid here.
+
+  Args:
+    config: the training config saved with checkpoint ``step`` of ``workdir``
+      (both only name it in the message).
+  Raises:
+    checkpoint.CheckpointError: one line naming the first problem.
+  """
+  try:
+    arch = models.Architecture.from_config(config.model)
+    arch.validate()
+    train_step.LossConfig.from_config(config).validate()
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    raise checkpoint.CheckpointError(
+        f"The config saved with checkpoint {step} in {workdir} is not valid here "
+        f"({str(e).strip().splitlines()[0]}).") from e
+  return arch
+
+
+def restore_for_inference(workdir: str, step: Union[int, str, None] = None,
+                          config: Any = None) -> tuple[train_step.TrainState, Any]:
+  """(host TrainState, config) of checkpoint ``step`` of ``workdir``; the saved config
+  unless one is given.
+
+  ``step``: an int, 'best', or None/'latest' for the newest usable checkpoint
+  (unusable ones are skipped with a warning, never moved); ``state.step`` says
+  which one it was.
+
+  Raises:
+    checkpoint.CorruptCheckpointError: ``step`` is given and unusable.
+    checkpoint.CheckpointError: no (usable) checkpoint, no such step, or another model.
+  """
+  def template(cfg):
+    return jax.eval_shape(lambda: train_step.create_train_state(cfg, jax.random.PRNGKey(0)))
+  return checkpoint.restore(workdir, step, template, config)
+
+
+# ----------------------------------------------------------------------------
+# Jitted network calls, the prior, and chunks.
 
 
 @functools.lru_cache(maxsize=None)
-def _network_fns(arch: models.Architecture):
+def network_fns(arch: models.Architecture):
   """Jitted inference-mode (encoder, decoder) applies for ``arch``.
+
+  ``encode(variables, x (B, S, S, C), y (B, A) or None) -> (mu, logvar)``, each
+  (B, Z); ``decode(variables, z (B, Z), y) -> images (B, S, S, C)``, with
+  ``variables = {'params': ..., 'batch_stats': ...}`` of that group.
 
   Cached per Architecture (hashable and frozen), so every Sampler of the same
   architecture, e.g. one per sampled checkpoint in a training loop, shares the
-  compiled executables instead of recompiling.
+  compiled executables instead of recompiling; the evaluator builds its
+  reconstruction step from them too.
   """
   nets = models.Networks.create(arch)  # axis_name=None: no cross-device BN.
 
@@ -89,6 +154,54 @@ def _network_fns(arch: models.Architecture):
   return encode, decode
 
 
+def prior_sample(rng: Array, num: int, z_dim: int, temperature: float = 1.0) -> Array:
+  """z ~ N(0, temperature^2 I): (num, z_dim) float32, drawn at once from ``rng``.
+
+  The same key gives the same codes whatever the later chunking, so results
+  never depend on ``chunk_size``.
+  """
+  return temperature * jax.random.normal(rng, (int(num), int(z_dim)), jnp.float32)
+
+
+def in_chunks(fn: Callable[..., Any], chunk_size: int, *inputs: Any,
+              always_pad: bool = False) -> Any:
+  """fn(*inputs) over row chunks of at most ``chunk_size``; outputs concatenated.
+
+  The last chunk is zero-padded to ``chunk_size`` rows, so a single executable
+  serves every chunk. Valid only for row-independent ``fn`` (BatchNorm in
+  inference mode): neither the chunk boundaries nor the padding change any
+  output row.
+
+  Args:
+    fn: takes one chunk of each input; returns a pytree of (rows, ...) arrays.
+    chunk_size: rows per call.
+    *inputs: arrays with the same N rows, or None (passed through as None).
+      numpy inputs are sliced and padded on the host, jax arrays on the device.
+    always_pad: pad an input of fewer than ``chunk_size`` rows as well (one
+      executable for every N); by default it runs as it is, in one call.
+  Returns:
+    fn's pytree, each leaf (N, ...); numpy where fn returns numpy.
+  """
+  n = next(a.shape[0] for a in inputs if a is not None)
+  c = int(chunk_size)
+  if n <= c and not always_pad:
+    return fn(*inputs)
+  outs = []
+  for start in range(0, n, c):
+    part = [None if a is None else a[start:start + c] for a in inputs]
+    m = min(c, n - start)
+    if m < c:  # Pad to the common chunk shape: no second compilation.
+      part = [None if t is None else _xp(t).pad(t, [(0, c - m)] + [(0, 0)] * (t.ndim - 1))
+              for t in part]
+    outs.append(jax.tree.map(lambda o, m=m: o[:m], fn(*part)))
+  return jax.tree.map(lambda *o: _xp(o[0]).concatenate(o), *outs)
+
+
+def _xp(a: Any):
+  """numpy for host arrays, jax.numpy otherwise: chunks stay where their input is."""
+  return np if isinstance(a, np.ndarray) else jnp
+
+
 @jax.jit
 def _reparameterize(mu: Array, logvar: Array, rng: Array) -> Array:
   """z = mu + sigma * eps, eps ~ N(0, I) drawn for the whole (B, Z) batch."""
@@ -98,7 +211,7 @@ def _reparameterize(mu: Array, logvar: Array, rng: Array) -> Array:
 def _as_architecture(config_or_arch: Any) -> models.Architecture:
   if isinstance(config_or_arch, models.Architecture):
     return config_or_arch
-  model_cfg = getattr(config_or_arch, 'model', config_or_arch)
+  model_cfg = getattr(config_or_arch, "model", config_or_arch)
   return models.Architecture.from_config(model_cfg)
 
 
@@ -126,21 +239,21 @@ class Sampler:
       chunk_size: maximum batch per network call.
     """
     if chunk_size < 1:
-      raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     self.arch = _as_architecture(arch)
     self.chunk_size = int(chunk_size)
     # Only the inference groups; the discriminator is not needed here. Moved
     # to the device once so repeated calls do not re-transfer host arrays.
     self.variables = {
-        g: jax.device_put({'params': params[g], 'batch_stats': batch_stats.get(g, {})})
-        for g in ('encoder', 'decoder') if g in params}
-    self._encode_fn, self._decode_fn = _network_fns(self.arch)
+        g: jax.device_put({"params": params[g], "batch_stats": batch_stats.get(g, {})})
+        for g in ("encoder", "decoder") if g in params}
+    self._encode_fn, self._decode_fn = network_fns(self.arch)
     self.config = None  # The training config, where known (from_workdir).
     self.step = None
 
   @classmethod
   def from_state(cls, config: Any, state: Any, *,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> 'Sampler':
+                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> "Sampler":
     """From a config (or Architecture) and a ``train_step.TrainState``.
 
     A pmap-replicated state (leading device axis on every leaf, detected by a
@@ -153,17 +266,20 @@ class Sampler:
 
   @classmethod
   def from_workdir(cls, workdir: str, step: Union[int, str, None] = None, *,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> 'Sampler':
+                   config: Any = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> "Sampler":
     """The sampler of a training workdir's checkpoint ``step`` (default: the newest good one;
     'best': the best by the run's ``config.keep_best`` metric).
 
-    The config saved with the checkpoint builds the networks; it is kept as
+    The config saved with the checkpoint builds the networks, unless ``config``
+    is given (e.g. the saved one from ``read_config`` with its data paths
+    changed; it is checked first, ``check_config``). It is kept as
     ``sampler.config`` (and the step as ``sampler.step``). A corrupt newest
     checkpoint is skipped with a warning; a missing or corrupt explicit step
     raises ``checkpoint.CheckpointError`` (one line).
     """
-    from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    state, config = checkpoint.restore_for_inference(workdir, step)
+    if config is not None:
+      check_config(config, workdir, step)
+    state, config = restore_for_inference(workdir, step, config)
     sampler = cls.from_state(config, state, chunk_size=chunk_size)
     sampler.config, sampler.step = config, int(np.asarray(state.step))
     return sampler
@@ -173,18 +289,18 @@ class Sampler:
   @staticmethod
   def _check_range(x: Any) -> None:
     """Images must be floats in [-1, 1]: uint8 or [0, 255] inputs encode to garbage."""
-    dtype = np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype
+    dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
     if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f'Images must be floats in [-1, 1], got {dtype}; convert uint8 with '
-                       'x / 127.5 - 1 (or use data.preprocess).')
+      raise ValueError(f"Images must be floats in [-1, 1], got {dtype}; convert uint8 with "
+                       "x / 127.5 - 1 (or use data.preprocess).")
     lo, hi = float(jnp.min(x)), float(jnp.max(x))
     if lo < -1.01 or hi > 1.01:
-      raise ValueError(f'Images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; '
-                       'scale [0, 255] with x / 127.5 - 1 and [0, 1] with 2 * x - 1.')
+      raise ValueError(f"Images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                       "scale [0, 255] with x / 127.5 - 1 and [0, 1] with 2 * x - 1.")
 
   def _group(self, group: str) -> dict:
     if group not in self.variables:
-      raise ValueError(f'This model has no {group} (groups: '
+      raise ValueError(f"This model has no {group} (groups: "
                        f'{sorted(self.variables)}); e.g. kind="gan" cannot encode.')
     return self.variables[group]
 
@@ -193,37 +309,16 @@ class Sampler:
     a = self.arch.num_attributes
     if not a:
       if y is not None:
-        raise ValueError('This model is unconditional (num_attributes=0): pass y=None.')
+        raise ValueError("This model is unconditional (num_attributes=0): pass y=None.")
       return None
     if y is None:
-      raise ValueError(f'This model is conditional: pass y with shape ({batch}, {a}) or ({a},).')
+      raise ValueError(f"This model is conditional: pass y with shape ({batch}, {a}) or ({a},).")
     y = jnp.asarray(y, jnp.float32)
     if y.ndim == 1:
       y = jnp.broadcast_to(y, (batch, y.shape[0]))
     if y.shape != (batch, a):
-      raise ValueError(f'y must have shape ({batch}, {a}) or ({a},), got {y.shape}.')
+      raise ValueError(f"y must have shape ({batch}, {a}) or ({a},), got {y.shape}.")
     return y
-
-  def _chunked(self, fn, variables, inputs: Array, y: Optional[Array]):
-    """fn(variables, inputs, y) over chunks of at most ``chunk_size`` rows.
-
-    Valid because BN is in inference mode: rows do not interact, so neither
-    the chunk boundaries nor the zero padding of the last chunk change any
-    output row.
-    """
-    n, c = inputs.shape[0], self.chunk_size
-    if n <= c:
-      return fn(variables, inputs, y)
-    outs = []
-    for start in range(0, n, c):
-      part = [inputs[start:start + c], None if y is None else y[start:start + c]]
-      m = part[0].shape[0]
-      if m < c:  # Pad to the common chunk shape: no second compilation.
-        part = [None if t is None else
-                jnp.pad(t, [(0, c - m)] + [(0, 0)] * (t.ndim - 1)) for t in part]
-      out = fn(variables, *part)
-      outs.append(jax.tree.map(lambda o, m=m: o[:m], out))
-    return jax.tree.map(lambda *o: jnp.concatenate(o), *outs)
 
   # --- public API -----------------------------------------------------------
 
@@ -234,10 +329,10 @@ class Sampler:
     x = jnp.asarray(x, jnp.float32)
     a = self.arch
     if x.ndim != 4 or x.shape[1:] != (a.image_size, a.image_size, a.channels):
-      raise ValueError(f'x must have shape (B, {a.image_size}, {a.image_size}, '
-                       f'{a.channels}), got {x.shape}.')
-    return self._chunked(self._encode_fn, self._group('encoder'), x,
-                         self._attributes(y, x.shape[0]))
+      raise ValueError(f"x must have shape (B, {a.image_size}, {a.image_size}, "
+                       f"{a.channels}), got {x.shape}.")
+    return in_chunks(functools.partial(self._encode_fn, self._group("encoder")),
+                     self.chunk_size, x, self._attributes(y, x.shape[0]))
 
   def encode(self, x: Any, y: Any = None, *, use_mean: bool = True,
              rng: Optional[Array] = None) -> Array:
@@ -252,16 +347,16 @@ class Sampler:
     if use_mean:
       return mu
     if rng is None:
-      raise ValueError('encode(use_mean=False) needs an rng key.')
+      raise ValueError("encode(use_mean=False) needs an rng key.")
     return _reparameterize(mu, logvar, rng)
 
   def decode(self, z: Any, y: Any = None) -> Array:
     """Dec: z (B, Z) [, y (B, A) or (A,)] -> images (B, H, W, C) float32 in [-1, 1]."""
     z = jnp.asarray(z, jnp.float32)
     if z.ndim != 2 or z.shape[1] != self.arch.z_dim:
-      raise ValueError(f'z must have shape (B, {self.arch.z_dim}), got {z.shape}.')
-    return self._chunked(self._decode_fn, self._group('decoder'), z,
-                         self._attributes(y, z.shape[0]))
+      raise ValueError(f"z must have shape (B, {self.arch.z_dim}), got {z.shape}.")
+    return in_chunks(functools.partial(self._decode_fn, self._group("decoder")),
+                     self.chunk_size, z, self._attributes(y, z.shape[0]))
 
 
 # ----------------------------------------------------------------------------
@@ -276,8 +371,8 @@ def sample(sampler: Sampler, rng: Array, num: int, *, temperature: float = 1.0,
     (images (num, H, W, C) float32 in [-1, 1], z (num, Z)).
   """
   if num < 0 or not temperature >= 0:
-    raise ValueError(f'Need num >= 0 and temperature >= 0, got {num}, {temperature}.')
-  z = temperature * jax.random.normal(rng, (int(num), sampler.arch.z_dim), jnp.float32)
+    raise ValueError(f"Need num >= 0 and temperature >= 0, got {num}, {temperature}.")
+  z = prior_sample(rng, num, sampler.arch.z_dim, temperature)
   return sampler.decode(z, y), z
 
 
@@ -292,9 +387,9 @@ def reconstruct(sampler: Sampler, x: Any, *, rng: Optional[Array] = None,
   return sampler.decode(z, y), z
 
 
-@functools.partial(jax.jit, static_argnames=('steps', 'method'))
+@functools.partial(jax.jit, static_argnames=("steps", "method"))
 def interpolation_path(z0: Array, z1: Array, steps: int,
-                       method: str = 'slerp') -> Array:
+                       method: str = "slerp") -> Array:
   """Points from z0 to z1: (P, Z) x2 -> (P, steps, Z), endpoints exact.
 
   ``'linear'``: (1 - t) z0 + t z1. ``'slerp'``: the standard spherical
@@ -307,11 +402,11 @@ def interpolation_path(z0: Array, z1: Array, steps: int,
   anti-parallel (|cos w| > 0.9995) or one of them is 0, where sin(w) ~ 0.
   t = linspace(0, 1, steps).
   """
-  if method not in ('slerp', 'linear'):
+  if method not in ("slerp", "linear"):
     raise ValueError(f"method must be 'slerp' or 'linear', got {method!r}.")
   t = jnp.linspace(0.0, 1.0, steps, dtype=jnp.float32)[None, :]  # (1, T)
   w0, w1 = 1.0 - t, t
-  if method == 'slerp':
+  if method == "slerp":
     n0 = jnp.linalg.norm(z0, axis=-1)
     n1 = jnp.linalg.norm(z1, axis=-1)
     tiny = jnp.finfo(jnp.float32).tiny
@@ -331,7 +426,7 @@ def interpolation_path(z0: Array, z1: Array, steps: int,
 
 
 def interpolate(sampler: Sampler, z0: Any, z1: Any, steps: int, *,
-                method: str = 'slerp', y: Any = None) -> tuple[Array, Array]:
+                method: str = "slerp", y: Any = None) -> tuple[Array, Array]:
   """Decodes ``steps`` points on the path from each z0 to its z1.
 
   Args:
@@ -345,10 +440,10 @@ def interpolate(sampler: Sampler, z0: Any, z1: Any, steps: int, *,
   z0 = jnp.atleast_2d(jnp.asarray(z0, jnp.float32))
   z1 = jnp.atleast_2d(jnp.asarray(z1, jnp.float32))
   if z0.shape != z1.shape or z0.shape[-1] != sampler.arch.z_dim:
-    raise ValueError(f'z0 and z1 must both be (P, {sampler.arch.z_dim}), got '
-                     f'{z0.shape} and {z1.shape}.')
+    raise ValueError(f"z0 and z1 must both be (P, {sampler.arch.z_dim}), got "
+                     f"{z0.shape} and {z1.shape}.")
   if steps < 1:
-    raise ValueError(f'steps must be >= 1, got {steps}.')
+    raise ValueError(f"steps must be >= 1, got {steps}.")
   p, zd = z0.shape
   path = interpolation_path(z0, z1, int(steps), method)
   if y is not None:
@@ -412,17 +507,17 @@ def attribute_vectors(z: Any, attributes: Any,
   if attributes.ndim == 1:
     attributes = attributes[:, None]
   if z.ndim != 2 or attributes.ndim != 2 or z.shape[0] != attributes.shape[0]:
-    raise ValueError(f'Need z (N, Z) and attributes (N, A), got {z.shape} and '
-                     f'{attributes.shape}.')
+    raise ValueError(f"Need z (N, Z) and attributes (N, A), got {z.shape} and "
+                     f"{attributes.shape}.")
   if names is not None and len(names) != attributes.shape[1]:
-    raise ValueError(f'{len(names)} names for {attributes.shape[1]} attributes.')
+    raise ValueError(f"{len(names)} names for {attributes.shape[1]} attributes.")
   vectors, valid, n_pos, n_neg = _attribute_stats(z, attributes)
   valid = np.asarray(valid)
   n_pos, n_neg = np.asarray(n_pos).astype(np.int64), np.asarray(n_neg).astype(np.int64)
   if not valid.all():
-    bad = [f'{names[i] if names is not None else i} ({n_pos[i]}+/{n_neg[i]}-)'
+    bad = [f"{names[i] if names is not None else i} ({n_pos[i]}+/{n_neg[i]}-)"
            for i in np.flatnonzero(~valid)]
-    warnings.warn('Attribute vectors set to 0 for attributes lacking positive or '
+    warnings.warn("Attribute vectors set to 0 for attributes lacking positive or "
                   f'negative examples: {", ".join(bad)}.', RuntimeWarning, stacklevel=2)
   return AttributeVectors(vectors, valid, n_pos, n_neg)
 
@@ -451,8 +546,8 @@ def apply_attribute(z: Any, vectors: Union[AttributeVectors, Any],
   vectors = jnp.asarray(vectors, jnp.float32)
   indices = np.atleast_1d(np.asarray(index_or_indices, np.int64))
   if indices.ndim != 1 or ((indices < 0) | (indices >= vectors.shape[0])).any():
-    raise ValueError(f'Attribute index out of range [0, {vectors.shape[0]}): '
-                     f'{index_or_indices}.')
+    raise ValueError(f"Attribute index out of range [0, {vectors.shape[0]}): "
+                     f"{index_or_indices}.")
   scale = np.broadcast_to(np.asarray(scale, np.float32), indices.shape)
   return _apply_attribute(jnp.asarray(z, jnp.float32), vectors,
                           jnp.asarray(indices, jnp.int32), jnp.asarray(scale))
@@ -468,13 +563,13 @@ def paper_attribute_indices(attribute_names: Sequence[str]) -> tuple[int, ...]:
   names = list(attribute_names)
   missing = [a for a in PAPER_ATTRIBUTES if a not in names]
   if missing:
-    raise ValueError(f'Attributes {missing} not among the dataset attributes {names}.')
+    raise ValueError(f"Attributes {missing} not among the dataset attributes {names}.")
   return tuple(names.index(a) for a in PAPER_ATTRIBUTES)
 
 
 def encode_dataset(sampler: Sampler, batches: Iterable[Any], max_examples: int, *,
                    use_mean: bool = True, rng: Optional[Array] = None,
-                   attribute_key: str = 'attributes'
+                   attribute_key: str = "attributes"
                    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """Encodes up to ``max_examples`` images from an iterable of batches.
 
@@ -496,21 +591,21 @@ def encode_dataset(sampler: Sampler, batches: Iterable[Any], max_examples: int, 
     none), numpy arrays on the host, n = min(max_examples, examples seen).
   """
   if max_examples < 1:
-    raise ValueError(f'max_examples must be >= 1, got {max_examples}.')
+    raise ValueError(f"max_examples must be >= 1, got {max_examples}.")
   if not use_mean and rng is None:
-    raise ValueError('encode_dataset(use_mean=False) needs an rng key.')
-  conditional = bool(getattr(getattr(sampler, 'arch', None), 'num_attributes', 0))
+    raise ValueError("encode_dataset(use_mean=False) needs an rng key.")
+  conditional = bool(getattr(getattr(sampler, "arch", None), "num_attributes", 0))
   zs, attrs, n = [], [], 0
   for i, batch in enumerate(batches):
     if isinstance(batch, Mapping):
-      x, a = batch['image'], batch.get(attribute_key)
+      x, a = batch["image"], batch.get(attribute_key)
     else:
       x, a = batch, None
     take = min(len(x), max_examples - n)
     x = x[:take]
     a = None if a is None else np.asarray(a, np.float32)[:take]
     if zs and (a is None) != (not attrs):
-      raise ValueError(f'Some batches have {attribute_key!r} and some do not.')
+      raise ValueError(f"Some batches have {attribute_key!r} and some do not.")
     key = None if use_mean else jax.random.fold_in(rng, i)
     z = sampler.encode(x, a if conditional else None, use_mean=use_mean, rng=key)
     zs.append(np.asarray(z, np.float32))
@@ -520,7 +615,7 @@ def encode_dataset(sampler: Sampler, batches: Iterable[Any], max_examples: int, 
     if n >= max_examples:
       break
   if not zs:
-    raise ValueError('encode_dataset got no batches.')
+    raise ValueError("encode_dataset got no batches.")
   return np.concatenate(zs), (np.concatenate(attrs) if attrs else None)
 
 

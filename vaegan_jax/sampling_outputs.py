@@ -61,7 +61,7 @@ Every input is checked before anything is decoded (``sample_outputs``), and
 checkpoint, a corrupt ``step``, a checkpoint that does not match its config, a
 conditional model whose data have no attributes, ``attributes`` on data without
 attributes or a model without encoder, a bad ``attribute_vectors`` file) are
-one of ``USER_ERRORS``, with a one-line message naming the fix.
+a ``UserError``, with a one-line message naming the fix.
 """
 
 from __future__ import annotations
@@ -75,22 +75,20 @@ import jax
 import numpy as np
 from absl import logging
 
-from vaegan_jax import checkpoint
 from vaegan_jax import data
-from vaegan_jax import image_grid
 from vaegan_jax import models
 from vaegan_jax import sampling
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
+from vaegan_jax.runtime import image_grid
+from vaegan_jax.runtime.errors import UserError
 
 ATTRIBUTE_VECTORS_FILE = "attribute_vectors.npz"
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
   """A request that cannot be served; the message is one line naming the fix."""
 
 
-# What a caller (the sampling binary) reports as one line, without a traceback.
-USER_ERRORS = (SampleError, checkpoint.CheckpointError, data.DataError)
 
 
 class SampleOutputs(NamedTuple):
@@ -107,14 +105,6 @@ class SampleOutputs(NamedTuple):
 
 def _grid_cols(n: int) -> int:
   return max(1, math.ceil(math.sqrt(n)))
-
-
-def _interleave_rows(top, bottom, ncols: int):
-  """Rows of ``top`` each followed by the matching row of ``bottom`` (same length)."""
-  rows = []
-  for i in range(0, len(top), ncols):
-    rows += [top[i:i + ncols], bottom[i:i + ncols]]
-  return np.concatenate(rows)
 
 
 def load_attribute_vectors(path: str, z_dim: int) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -140,29 +130,6 @@ def load_attribute_vectors(path: str, z_dim: int) -> tuple[np.ndarray, tuple[str
   if not np.isfinite(vectors).all():
     raise SampleError(f"Attribute vectors in {path} are not finite.")
   return vectors, names
-
-
-def _config_error(workdir: str, step: int, e: BaseException) -> checkpoint.CheckpointError:
-  return checkpoint.CheckpointError(
-      f"The config saved with checkpoint {step} in {workdir} is not valid here "
-      f"({str(e).strip().splitlines()[0]}).")
-
-
-def restore_checked(workdir: str, step: int, config) -> tuple[Any, Any]:
-  """``checkpoint.restore_for_inference`` after checking that the config is valid here.
-
-  Returns:
-    (host TrainState, config).
-  Raises:
-    checkpoint.CheckpointError: one line naming the first mismatching leaf.
-  """
-  try:
-    models.Architecture.from_config(config.model).validate()
-    ts.LossConfig.from_config(config).validate()
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise _config_error(workdir, step, e) from e
-  # Raises a one-line CheckpointError when a leaf's shape or dtype differs.
-  return checkpoint.restore_for_inference(workdir, step, config)
 
 
 def _individual(outputs: dict, name: str, images) -> None:
@@ -198,15 +165,177 @@ def _source_config(source: Union[str, sampling.Sampler], step: Union[int, str, N
                         f"{source.step}; pass the workdir to sample another step.")
     return copy.deepcopy(source.config), int(source.step or 0), "the Sampler"
   workdir = str(source)
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    # Checked here so that a typo gives one line, not Orbax's warnings first.
-    raise checkpoint.CheckpointError(
-        f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
-        f"`python -m experiments.train --workdir={workdir}`.")
-  # step=None: the newest checkpoint whose state passes its checksum, so that
-  # restoring that step below cannot fail on a corrupt newer one.
-  config, step = checkpoint.read_config(workdir, step)
+  config, step = sampling.read_config(workdir, step)
   return config, step, workdir
+
+
+class _Request(NamedTuple):
+  """What the config and the options ask for, checked before any array is read.
+
+  paper_cols: the dataset's columns of the paper's 18 attributes, when the
+    attribute vectors are to be computed; vectors: (vectors (K, Z), K names)
+    loaded from ``attribute_vectors``.
+  """
+  config: Any
+  step: int
+  where: str
+  arch: models.Architecture
+  has_encoder: bool
+  paper_cols: Optional[tuple[int, ...]]
+  vectors: Optional[tuple[np.ndarray, tuple[str, ...]]]
+
+
+def _check_request(source, step, manual_dir, attributes: bool,
+                   attribute_vectors: Optional[str]) -> _Request:
+  """The config-only checks of ``sample_outputs``: a ``UserError`` (one line) or a request."""
+  config, step, where = _source_config(source, step)
+  if manual_dir:
+    with config.unlocked():
+      config.data.manual_dir = manual_dir
+  arch = sampling.check_config(config, where, step)
+  has_encoder = "encoder" in train_step.LossConfig.from_config(config).groups
+  conditional = arch.num_attributes > 0
+  if attributes and not has_encoder:
+    raise SampleError(f"--attributes needs an encoder, but this is a {config.kind!r} "
+                      "model; use a vae/vaegan/vae_dis_l checkpoint.")
+  info = None
+  if has_encoder or conditional or attributes:
+    info = data.validate(config.data)  # DataError: one line.
+    if conditional and len(info.attribute_names) != arch.num_attributes:
+      raise SampleError(
+          f"This checkpoint is conditional on {arch.num_attributes} attributes but dataset "
+          f"{info.name!r} has {len(info.attribute_names)}; it needs the attribute data it was "
+          "trained with (e.g. --manual_dir for CelebA).")
+  paper_cols = None
+  if attributes:
+    if not info.attribute_names:
+      raise SampleError(f"--attributes needs a dataset with attributes (CelebA), but "
+                        f"{info.name!r} has none.")
+    if attribute_vectors is None:
+      try:
+        paper_cols = sampling.paper_attribute_indices(info.attribute_names)
+      except ValueError as e:
+        raise SampleError(str(e).splitlines()[0]) from e
+  vectors = (load_attribute_vectors(attribute_vectors, arch.z_dim)
+             if attributes and attribute_vectors else None)
+  return _Request(config, step, where, arch, has_encoder, paper_cols, vectors)
+
+
+def _held_out(config, need_images: int, has_encoder: bool) -> Optional[dict[str, np.ndarray]]:
+  """The first ``need_images`` images (and attributes) of the eval split, or None for 0."""
+  if not need_images:
+    return None
+  split = config.data.get("eval_split") or config.data.train_split
+  batches = list(sampling.dataset_batches(config.data, split, need_images, need_images))
+  held_out = {k: np.concatenate([b[k] for b in batches])
+              for k in ("image", "attributes") if k in batches[0]}
+  n_held = len(held_out["image"])
+  if has_encoder and n_held < 2:
+    raise SampleError(f"Split {split!r} has {n_held} example(s); interpolating between "
+                      "held-out images needs 2: set data.eval_split to a larger split.")
+  if n_held < need_images:
+    logging.warning("Split %r has %d examples, fewer than the %d requested: using them "
+                    "all (cycling y for conditional samples).", split, n_held, need_images)
+  return held_out
+
+
+def _cycled(ys: Optional[np.ndarray], n: int, offset: int = 0) -> Optional[np.ndarray]:
+  """ys[offset:offset + n] (N, A), cycled; None for an unconditional model (ys None)."""
+  if ys is None:
+    return None
+  return ys[(offset + np.arange(n)) % len(ys)]
+
+
+def _samples(outputs: dict, sampler, key, num: int, temperature: float,
+             ys: Optional[np.ndarray], save_images: bool) -> None:
+  """samples.png, samples_z.npy (num, Z) [, samples_y.npy, the single images]."""
+  images, z = sampling.sample(sampler, key, num, temperature=temperature, y=_cycled(ys, num))
+  outputs["samples.png"] = image_grid.make_grid(images, ncols=_grid_cols(num))
+  outputs["samples_z.npy"] = np.asarray(z)
+  if save_images:
+    _individual(outputs, "samples", images)
+  if ys is not None:
+    outputs["samples_y.npy"] = _cycled(ys, num)
+
+
+def _reconstructions(outputs: dict, sampler, key, held_out: dict, num: int, use_mean: bool,
+                     ys: Optional[np.ndarray], save_images: bool) -> None:
+  """reconstructions.png (input rows above their reconstructions), reconstructions_z.npy."""
+  ncols = min(_grid_cols(num), len(held_out["image"]))
+  n_rec = min(num, len(held_out["image"])) // ncols * ncols
+  x = held_out["image"][:n_rec]
+  recon, z = sampling.reconstruct(sampler, x, rng=key, use_mean=use_mean, y=_cycled(ys, n_rec))
+  outputs["reconstructions.png"] = image_grid.make_grid(
+      image_grid.interleave_rows(x, np.asarray(recon), ncols), ncols=ncols)
+  outputs["reconstructions_z.npy"] = np.asarray(z)
+  if save_images:
+    _individual(outputs, "reconstructions", recon)
+
+
+def _interpolations(outputs: dict, sampler, key, held_out: Optional[dict], p: int, steps: int,
+                    method: str, temperature: float, use_mean: bool,
+                    ys: Optional[np.ndarray]) -> None:
+  """interpolations.png, one row per path; interpolations_z.npy (P, T, Z).
+
+  The endpoints are the codes of held-out images, or prior samples for a model
+  without an encoder (``held_out`` None).
+  """
+  z_dim = sampler.arch.z_dim
+  if held_out is not None:
+    p = min(p, len(held_out["image"]) // 2)
+    x = held_out["image"][:2 * p]
+    codes = sampler.encode(x, _cycled(ys, 2 * p), use_mean=use_mean, rng=key)
+  else:
+    codes = sampling.prior_sample(key, 2 * p, z_dim, temperature)
+  path = sampling.interpolation_path(codes[:p], codes[p:2 * p], int(steps), method)
+  y_path = None
+  if ys is not None:
+    # Interpolate y linearly alongside z: both are inputs of Dec.
+    y0, y1 = _cycled(ys, p), _cycled(ys, p, offset=p)
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
+    y_path = ((1 - t) * y0[:, None] + t * y1[:, None]).reshape(p * steps, -1)
+  frames = sampler.decode(path.reshape(p * steps, z_dim), y_path)
+  outputs["interpolations.png"] = image_grid.make_grid(frames, ncols=steps)
+  outputs["interpolations_z.npy"] = np.asarray(path)
+
+
+def _attribute_vectors(outputs: dict, sampler, request: _Request, num_images: int,
+                       seed: int, source_file: Optional[str]):
+  """(vectors (K, Z), K names): loaded, or computed from training images (and kept as
+  ``attribute_vectors.npz`` in ``outputs``)."""
+  if request.vectors is not None:
+    vectors, names = request.vectors
+    logging.info("Using %d attribute vectors from %s.", len(names), source_file)
+    return vectors, names
+  config = request.config
+  logging.info("Encoding %d %r images for the attribute vectors.", num_images,
+               config.data.train_split)
+  z_ds, attrs = sampling.encode_dataset(
+      sampler, sampling.dataset_batches(config.data, config.data.train_split, 256,
+                                        num_images, seed=seed),
+      num_images)
+  av = sampling.attribute_vectors(z_ds, attrs[:, list(request.paper_cols)],
+                                  names=sampling.PAPER_ATTRIBUTES)
+  vectors, names = np.asarray(av.vectors), sampling.PAPER_ATTRIBUTES
+  outputs[ATTRIBUTE_VECTORS_FILE] = dict(
+      vectors=vectors, names=np.asarray(names), valid=av.valid,
+      num_positive=av.num_positive, num_negative=av.num_negative,
+      num_images=np.int64(len(z_ds)), step=np.int64(request.step))
+  return vectors, names
+
+
+def _attribute_edits(outputs: dict, sampler, key, held_out: dict, vectors: np.ndarray,
+                     names, columns: int, use_mean: bool, ys: Optional[np.ndarray]) -> None:
+  """attributes.png: inputs, their reconstructions, then one row per attribute added."""
+  c = min(columns, len(held_out["image"]))
+  x = held_out["image"][:c]
+  y = _cycled(ys, c)
+  z = sampler.encode(x, y, use_mean=use_mean, rng=key)
+  rows = [x, np.asarray(sampler.decode(z, y))]
+  for a in range(len(names)):
+    rows.append(np.asarray(sampler.decode(sampling.apply_attribute(z, vectors, a), y)))
+  outputs["attributes.png"] = image_grid.make_grid(np.concatenate(rows), ncols=c)
+  logging.info("attributes.png rows: input, reconstruction, then + %s.", ", + ".join(names))
 
 
 def sample_outputs(source: Union[str, sampling.Sampler], *, step: Union[int, str, None] = None,
@@ -239,156 +368,46 @@ def sample_outputs(source: Union[str, sampling.Sampler], *, step: Union[int, str
   Returns:
     SampleOutputs(files, step).
   Raises:
-    One of ``USER_ERRORS`` (one line), before anything is decoded.
+    A ``UserError`` (one line), before anything is decoded.
   """
-  # --- Validate everything before decoding anything. ------------------------
   attributes = attributes or bool(attribute_vectors)
   _check_options(num, temperature, interpolation, num_interpolations, interpolation_steps,
                  num_attribute_images, attribute_columns)
-  config, step, where = _source_config(source, step)
-  if manual_dir:
-    with config.unlocked():
-      config.data.manual_dir = manual_dir
-  try:
-    arch = models.Architecture.from_config(config.model)
-    has_encoder = "encoder" in ts.LossConfig.from_config(config).groups
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise _config_error(where, step, e) from e
-  conditional = arch.num_attributes > 0
-
-  if attributes and not has_encoder:
-    raise SampleError(f"--attributes needs an encoder, but this is a {config.kind!r} "
-                      "model; use a vae/vaegan/vae_dis_l checkpoint.")
-  info = None
-  if has_encoder or conditional or attributes:
-    info = data.validate(config.data)  # DataError: one line.
-    if conditional and len(info.attribute_names) != arch.num_attributes:
-      raise SampleError(
-          f"This checkpoint is conditional on {arch.num_attributes} attributes but dataset "
-          f"{info.name!r} has {len(info.attribute_names)}; it needs the attribute data it was "
-          "trained with (e.g. --manual_dir for CelebA).")
-  paper_cols = None
-  if attributes:
-    if not info.attribute_names:
-      raise SampleError(f"--attributes needs a dataset with attributes (CelebA), but "
-                        f"{info.name!r} has none.")
-    if attribute_vectors is None:
-      try:
-        paper_cols = sampling.paper_attribute_indices(info.attribute_names)
-      except ValueError as e:
-        raise SampleError(str(e).splitlines()[0]) from e
-  loaded_vectors = (load_attribute_vectors(attribute_vectors, arch.z_dim)
-                    if attributes and attribute_vectors else None)
-
-  # The (config-only) checks passed: now the arrays, checked against the config.
+  request = _check_request(source, step, manual_dir, attributes, attribute_vectors)
+  config, has_encoder = request.config, request.has_encoder
+  conditional = request.arch.num_attributes > 0
+  # The config-only checks passed: now the arrays, checked against the config.
   if isinstance(source, sampling.Sampler):
     sampler = source
   else:
-    state, config = restore_checked(where, step, config)
-    sampler = sampling.Sampler.from_state(config, state)
-
-  held_out = None
+    sampler = sampling.Sampler.from_workdir(request.where, request.step, config=config)
   need_images = 0
   if has_encoder:
     need_images = max(num, 2 * num_interpolations, attribute_columns if attributes else 0)
   elif conditional:
     need_images = max(num, 2 * num_interpolations)
-  if need_images:
-    split = config.data.get("eval_split") or config.data.train_split
-    batches = list(sampling.dataset_batches(config.data, split, need_images, need_images))
-    held_out = {k: np.concatenate([b[k] for b in batches])
-                for k in ("image", "attributes") if k in batches[0]}
-    n_held = len(held_out["image"])
-    if has_encoder and n_held < 2:
-      raise SampleError(f"Split {split!r} has {n_held} example(s); interpolating between "
-                        "held-out images needs 2: set data.eval_split to a larger split.")
-    if n_held < need_images:
-      logging.warning("Split %r has %d examples, fewer than the %d requested: using them "
-                      "all (cycling y for conditional samples).", split, n_held, need_images)
+  held_out = _held_out(config, need_images, has_encoder)
+  ys = held_out["attributes"] if conditional else None  # y of the held-out examples
 
-  def y_for(n: int, offset: int = 0):
-    """y of held-out examples offset..offset+n (cycled) for conditional models."""
-    if not conditional:
-      return None
-    ys = held_out["attributes"]
-    return ys[(offset + np.arange(n)) % len(ys)]
-
-  # --- Compute (nothing written). -----------------------------------------
   key = jax.random.PRNGKey(seed)
   k_sample, k_recon, k_interp, k_attr = (jax.random.fold_in(key, i) for i in range(4))
   outputs: dict[str, Any] = {}  # file name -> uint8 grid or array
-
-  images, z = sampling.sample(sampler, k_sample, num, temperature=temperature, y=y_for(num))
-  outputs["samples.png"] = image_grid.make_grid(images, ncols=_grid_cols(num))
-  outputs["samples_z.npy"] = np.asarray(z)
-  if save_images:
-    _individual(outputs, "samples", images)
-  if conditional:
-    outputs["samples_y.npy"] = y_for(num)
-
+  _samples(outputs, sampler, k_sample, num, temperature, ys, save_images)
   if has_encoder:
-    ncols = min(_grid_cols(num), len(held_out["image"]))
-    n_rec = min(num, len(held_out["image"])) // ncols * ncols
-    x = held_out["image"][:n_rec]
-    recon, z = sampling.reconstruct(sampler, x, rng=k_recon, use_mean=use_mean,
-                                    y=y_for(n_rec))
-    outputs["reconstructions.png"] = image_grid.make_grid(
-        _interleave_rows(x, np.asarray(recon), ncols), ncols=ncols)
-    outputs["reconstructions_z.npy"] = np.asarray(z)
-    if save_images:
-      _individual(outputs, "reconstructions", recon)
+    _reconstructions(outputs, sampler, k_recon, held_out, num, use_mean, ys, save_images)
   else:
     logging.info("Model kind %r has no encoder: skipping reconstructions, and "
                  "interpolating between prior samples instead of held-out images.",
                  config.kind)
-
-  p = num_interpolations
-  if has_encoder:
-    p = min(p, len(held_out["image"]) // 2)
-    x = held_out["image"][:2 * p]
-    codes = sampler.encode(x, y_for(2 * p), use_mean=use_mean, rng=k_interp)
-  else:
-    codes = temperature * jax.random.normal(k_interp, (2 * p, arch.z_dim))
-  path = sampling.interpolation_path(codes[:p], codes[p:2 * p], int(interpolation_steps),
-                                     interpolation)
-  y_path = None
-  if conditional:
-    # Interpolate y linearly alongside z: both are inputs of Dec.
-    y0, y1 = y_for(p), y_for(p, offset=p)
-    t = np.linspace(0.0, 1.0, interpolation_steps, dtype=np.float32)[None, :, None]
-    y_path = ((1 - t) * y0[:, None] + t * y1[:, None]).reshape(p * interpolation_steps, -1)
-  frames = sampler.decode(path.reshape(p * interpolation_steps, arch.z_dim), y_path)
-  outputs["interpolations.png"] = image_grid.make_grid(frames, ncols=interpolation_steps)
-  outputs["interpolations_z.npy"] = np.asarray(path)
-
+  _interpolations(outputs, sampler, k_interp, held_out if has_encoder else None,
+                  num_interpolations, interpolation_steps, interpolation, temperature,
+                  use_mean, ys)
   if attributes:
-    if loaded_vectors is not None:
-      vectors, names = loaded_vectors
-      logging.info("Using %d attribute vectors from %s.", len(names), attribute_vectors)
-    else:
-      logging.info("Encoding %d %r images for the attribute vectors.", num_attribute_images,
-                   config.data.train_split)
-      z_ds, attrs = sampling.encode_dataset(
-          sampler, sampling.dataset_batches(config.data, config.data.train_split, 256,
-                                            num_attribute_images, seed=seed),
-          num_attribute_images)
-      av = sampling.attribute_vectors(z_ds, attrs[:, list(paper_cols)],
-                                      names=sampling.PAPER_ATTRIBUTES)
-      vectors, names = np.asarray(av.vectors), sampling.PAPER_ATTRIBUTES
-      outputs[ATTRIBUTE_VECTORS_FILE] = dict(
-          vectors=vectors, names=np.asarray(names), valid=av.valid,
-          num_positive=av.num_positive, num_negative=av.num_negative,
-          num_images=np.int64(len(z_ds)), step=np.int64(step))
-    c = min(attribute_columns, len(held_out["image"]))
-    x = held_out["image"][:c]
-    y = y_for(c)
-    z = sampler.encode(x, y, use_mean=use_mean, rng=k_attr)
-    rows = [x, np.asarray(sampler.decode(z, y))]
-    for a in range(len(names)):
-      rows.append(np.asarray(sampler.decode(sampling.apply_attribute(z, vectors, a), y)))
-    outputs["attributes.png"] = image_grid.make_grid(np.concatenate(rows), ncols=c)
-    logging.info("attributes.png rows: input, reconstruction, then + %s.", ", + ".join(names))
-  return SampleOutputs(outputs, int(step))
+    vectors, names = _attribute_vectors(outputs, sampler, request, num_attribute_images,
+                                        seed, attribute_vectors)
+    _attribute_edits(outputs, sampler, k_attr, held_out, vectors, names, attribute_columns,
+                     use_mean, ys)
+  return SampleOutputs(outputs, int(request.step))
 
 
 def write_outputs(outputs: SampleOutputs, outdir: str) -> dict[str, str]:
@@ -422,6 +441,6 @@ def write_samples(source: Union[str, sampling.Sampler], outdir: str,
   Returns:
     {file name: path} of the files written.
   Raises:
-    One of ``USER_ERRORS`` (one line), before anything is written.
+    A ``UserError`` (one line), before anything is written.
   """
   return write_outputs(sample_outputs(source, **options), outdir)

@@ -55,6 +55,7 @@ from vaegan_jax import losses
 from vaegan_jax import models
 from vaegan_jax import optim
 from vaegan_jax.routing import block_grad, reverse_grad, scale_grad
+from vaegan_jax.runtime import parallel
 
 Array = jax.Array
 
@@ -126,10 +127,10 @@ class TrainState:
 def create_train_state(config, rng: Array) -> TrainState:
   """Initial state for ``config.kind`` with ``config.model``'s architecture."""
   arch = models.Architecture.from_config(config.model)
-  lc = LossConfig.from_config(config)
+  loss_config = LossConfig.from_config(config)
   init_rng, state_rng = jax.random.split(rng)
   variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
-      arch, init_rng, lc.groups)
+      arch, init_rng, loss_config.groups)
   tx = optim.make_optimizer(config)
   params = {g: v["params"] for g, v in variables.items()}
   return TrainState(
@@ -163,7 +164,7 @@ def _apply(net, params, stats, *args, **kw):
 
 
 def routed_loss(params: dict, batch_stats: dict, x: Array, y: Optional[Array],
-                eps: Array, z_p: Array, *, nets: models.Networks, lc: LossConfig):
+                eps: Array, z_p: Array, *, nets: models.Networks, loss_config: LossConfig):
   """The routed scalar whose gradient is every group's own loss gradient.
 
   Args:
@@ -174,7 +175,7 @@ def routed_loss(params: dict, batch_stats: dict, x: Array, y: Optional[Array],
     (total, (terms, new_batch_stats)); ``terms`` are scalar loss values, plus the
     Dis logits needed by the balance rule.
   """
-  kind = lc.kind
+  kind = loss_config.kind
   stats = dict(batch_stats)
   terms = {}
   total = 0.0
@@ -186,10 +187,10 @@ def routed_loss(params: dict, batch_stats: dict, x: Array, y: Optional[Array],
     z = mu + jnp.exp(0.5 * logvar) * eps
     terms["kl_prior"] = jnp.mean(losses.kl_prior(mu, logvar))
     # Reconstruction path: Dec's params get dec_llike_weight (gamma), z gets all.
-    dec_rec = scale_grad(params["decoder"], lc.dec_llike_weight)
+    dec_rec = scale_grad(params["decoder"], loss_config.dec_llike_weight)
     x_tilde, stats["decoder"] = _apply(nets.decoder, dec_rec, stats["decoder"], z, y)
     if kind == "vae":
-      terms["llike"] = jnp.mean(losses.pixel_llike(x_tilde, x, lc.pixel_sigma))
+      terms["llike"] = jnp.mean(losses.pixel_llike(x_tilde, x, loss_config.pixel_sigma))
     else:
       # Dis_l path: Dis params frozen, so L_llike never reaches Dis.
       yy = None if y is None else jnp.concatenate([y, y])
@@ -204,13 +205,13 @@ def routed_loss(params: dict, batch_stats: dict, x: Array, y: Optional[Array],
 
   # GAN path. Fakes: Dec(z_p), and Dec(sg(z)) if reconstructions are shown to Dis.
   fake_z, fake_y, n_groups = z_p, y, 1
-  if kind != "gan" and lc.recon_in_gan:
+  if kind != "gan" and loss_config.recon_in_gan:
     fake_z = jnp.concatenate([block_grad(z), z_p])
     fake_y = None if y is None else jnp.concatenate([y, y])
     n_groups = 2
   dec_gan = params["decoder"] if kind != "vae_dis_l" else block_grad(params["decoder"])
   x_fake, stats["decoder"] = _apply(nets.decoder, dec_gan, stats["decoder"], fake_z, fake_y)
-  saturating = kind != "vae_dis_l" and lc.gan_form == "saturating"
+  saturating = kind != "vae_dis_l" and loss_config.gan_form == "saturating"
   # Saturating: Dec descends -BCE, i.e. the BCE gradient reversed at x_fake.
   x_fake_in = reverse_grad(x_fake) if saturating else block_grad(x_fake)
   yy = None if y is None else jnp.concatenate([y, fake_y])
@@ -243,13 +244,13 @@ def routed_loss(params: dict, batch_stats: dict, x: Array, y: Optional[Array],
   return total, (terms, stats)
 
 
-def _balance_flags(terms: dict, lc: LossConfig) -> dict[str, Array]:
+def _balance_flags(terms: dict, loss_config: LossConfig) -> dict[str, Array]:
   """The authors' equilibrium rule: which of Dec/Dis to update this step."""
   true = jnp.ones((), bool)
-  if not lc.balance or "gan_bce" not in terms:
+  if not loss_config.balance or "gan_bce" not in terms:
     return {"decoder": true, "discriminator": true}
-  lo = lc.balance_equilibrium - lc.balance_margin
-  hi = lc.balance_equilibrium + lc.balance_margin
+  lo = loss_config.balance_equilibrium - loss_config.balance_margin
+  hi = loss_config.balance_equilibrium + loss_config.balance_margin
   r, f = terms["balance_real_cost"], terms["balance_fake_cost"]
   upd_dis = ~((r < lo) | (f < lo))
   upd_dec = ~((r > hi) | (f > hi))
@@ -261,7 +262,7 @@ def _select(pred: Array, new, old):
   return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[str] = "batch"):
+def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[str] = parallel.AXIS):
   """One routed update. Run under ``jax.pmap(axis_name=...)`` (or jit with None).
 
   Args:
@@ -271,14 +272,14 @@ def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[st
     (new_state, metrics): metrics are scalars averaged over devices.
   """
   arch = models.Architecture.from_config(config.model)
-  lc = LossConfig.from_config(config)
+  loss_config = LossConfig.from_config(config)
   nets = models.Networks.create(arch, axis_name)
   tx = optim.make_optimizer(config)
   x = batch["image"]
   y = batch.get("attributes") if arch.num_attributes else None
   eps, z_p = draw_noise(state.rng, state.step, x.shape[0], arch.z_dim, axis_name)
 
-  loss_fn = functools.partial(routed_loss, nets=nets, lc=lc)
+  loss_fn = functools.partial(routed_loss, nets=nets, loss_config=loss_config)
   grads, (terms, new_stats) = jax.grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, x, y, eps, z_p)
   if axis_name is not None:
@@ -290,9 +291,9 @@ def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[st
       bad = bad | jnp.where(jnp.isfinite(terms[name]), 0, 1 << i)
   ok = (bad == 0) & (state.bad_step < 0)
   lr = optim.learning_rate(config, state.step)
-  flags = _balance_flags(terms, lc)
+  flags = _balance_flags(terms, loss_config)
   params, opt_state = dict(state.params), dict(state.opt_state)
-  for g in lc.groups:
+  for g in loss_config.groups:
     direction, new_opt = tx.update(grads[g], state.opt_state[g], state.params[g])
     new_params = jax.tree.map(lambda p, d: p - lr * d, state.params[g], direction)
     do = ok & flags.get(g, True)
@@ -310,13 +311,13 @@ def train_step(state: TrainState, batch: dict, *, config, axis_name: Optional[st
   metrics = dict(terms)
   metrics["learning_rate"] = lr
   for g in ("decoder", "discriminator"):
-    if g in lc.groups:
+    if g in loss_config.groups:
       metrics[f"skipped_{g}"] = 1.0 - flags[g].astype(jnp.float32)
   return new_state, metrics
 
 
 def train_block(state: TrainState, block: dict, *, config,
-                axis_name: Optional[str] = "batch"):
+                axis_name: Optional[str] = parallel.AXIS):
   """``k`` routed updates in one dispatch: ``lax.scan`` of ``train_step`` over a block.
 
   Args:
@@ -345,8 +346,8 @@ def make_pmapped_step(config, donate: bool = True, block: bool = False):
   compiles once per block length (the scan's length is the batch's shape).
   """
   fn = train_block if block else train_step
-  return jax.pmap(functools.partial(fn, config=config, axis_name="batch"),
-                  axis_name="batch", donate_argnums=(0,) if donate else ())
+  return jax.pmap(functools.partial(fn, config=config, axis_name=parallel.AXIS),
+                  axis_name=parallel.AXIS, donate_argnums=(0,) if donate else ())
 
 
 def bad_terms_names(bits: int) -> list[str]:

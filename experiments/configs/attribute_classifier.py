@@ -5,7 +5,7 @@ The classifier scores images made by attribute-conditional generators
 Same data and preprocessing as ``celeba_vaegan.py`` (64x64 crops, h-flips: the
 40 CelebA attributes do not change under a horizontal flip). Network: the
 discriminator's conv stack with 40 sigmoid outputs (see
-``vaegan_jax/attribute_classifier.py``), Adam 1e-3, batch 64.
+``vaegan_jax/classifier/model.py``), Adam 1e-3, batch 64.
 
   python -m experiments.train_attribute_classifier --workdir=/tmp/attr_clf \
       --config.data.manual_dir=/path/to/celeba

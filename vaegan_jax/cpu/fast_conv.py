@@ -509,11 +509,11 @@ def run_piece(op: str, method: str, a: Array, b: Array, *rest) -> Array:
   return _per_chunk(fn, a, b)
 
 
-def _s2(x: Array, kernel: Array, form: str) -> Array:
+def _strided_conv(x: Array, kernel: Array, form: str) -> Array:
   return run_piece("s2", _method("s2", form, x, kernel, kernel.shape[0]), x, kernel)
 
 
-def _t(x: Array, kernel: Array, form: str, out_hw: tuple[int, int]) -> Array:
+def _transposed_conv(x: Array, kernel: Array, form: str, out_hw: tuple[int, int]) -> Array:
   """Transposed conv of x cropped to ``out_hw`` (<= 2H, 2W); kernel (k, k, C_out, C_in)."""
   m = _method("t", form, x, kernel, kernel.shape[0])
   if m == "xla":  # Computes only the kept outputs.
@@ -522,7 +522,7 @@ def _t(x: Array, kernel: Array, form: str, out_hw: tuple[int, int]) -> Array:
   return run_piece("t", m, x, kernel)[:, :out_hw[0], :out_hw[1]]
 
 
-def _dk(x: Array, g: Array, kernel_shape: tuple[int, ...], form: str) -> Array:
+def _kernel_grad(x: Array, g: Array, kernel_shape: tuple[int, ...], form: str) -> Array:
   """Kernel gradient of the stride-2 conv ``y = s2(x, K)`` for cotangent g."""
   m = _method("dk", form, x, g, kernel_shape[0])
   return run_piece("dk", m, x, g, kernel_shape)
@@ -535,7 +535,7 @@ def _dk(x: Array, g: Array, kernel_shape: tuple[int, ...], form: str) -> Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x: Array, kernel: Array, stride: int, form: str) -> Array:
   if stride == 2:
-    return _s2(x, kernel, form)
+    return _strided_conv(x, kernel, form)
   if form == "matmul":
     return _conv_s1(x, kernel)
   return _per_chunk(_conv_xla, x, kernel, 1)
@@ -554,8 +554,8 @@ def _conv2d_bwd(stride, form, res, g):
   p = k // 2
   g = g.astype(x.dtype)
   if stride == 2:
-    dx = _t(g, kernel, form, (h, w))
-    dk = _dk(x, g, kernel.shape, form)
+    dx = _transposed_conv(g, kernel, form, (h, w))
+    dk = _kernel_grad(x, g, kernel.shape, form)
   elif _use_col2im(c_in, c_out):
     # Both forms: patches of the narrow cotangent give both gradients,
     # dx = conv(g, flip(K)^T) and dK[u, v] = x^T @ (g shifted by p - u, p - v).
@@ -598,7 +598,7 @@ def conv2d(x: Array, kernel: Array, stride: int) -> Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d_transpose(x: Array, kernel: Array, form: str) -> Array:
   n, h, w, _ = x.shape
-  return _t(x, kernel, form, (2 * h, 2 * w))
+  return _transposed_conv(x, kernel, form, (2 * h, 2 * w))
 
 
 def _conv2d_transpose_fwd(x, kernel, form):
@@ -612,8 +612,8 @@ def _conv2d_transpose_bwd(form, res, g):
   # dx = A g and dK = d<x, conv(g, K, 2)>/dK, a stride-2 conv's kernel
   # gradient with input g and cotangent x. (Autodiff of lax.conv_transpose
   # instead gives a kernel-gradient conv that XLA:CPU runs 20-50x slower.)
-  dx = _s2(g, kernel, form)
-  dk = _dk(g, x, kernel.shape, form)
+  dx = _strided_conv(g, kernel, form)
+  dk = _kernel_grad(g, x, kernel.shape, form)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 

@@ -19,8 +19,8 @@ from vaegan_jax.data.celeba import CELEBA_ATTRIBUTES
 from vaegan_jax.data.celeba import CELEBA_CROP_BOX
 from vaegan_jax.data.celeba import CELEBA_FILES
 from vaegan_jax.data.celeba import CELEBA_IMAGES
-from vaegan_jax.data.celeba import CELEBA_PARTITION
 from vaegan_jax.data.celeba import celeba_manual_dir
+from vaegan_jax.data.celeba import CELEBA_PARTITION
 from vaegan_jax.data.celeba import decode_celeba
 from vaegan_jax.data.folder import load_folder_image
 from vaegan_jax.data.pipeline import batch_dataset
@@ -32,8 +32,8 @@ from vaegan_jax.data.pipeline import preprocess
 from vaegan_jax.data.readers import config_value
 from vaegan_jax.data.readers import convert_tfds_examples
 from vaegan_jax.data.readers import DataError
-from vaegan_jax.data.readers import DATASETS
 from vaegan_jax.data.readers import DatasetInfo
+from vaegan_jax.data.readers import DATASETS
 from vaegan_jax.data.readers import label_attribute_names
 from vaegan_jax.data.readers import Source
 from vaegan_jax.data.sources import get_source

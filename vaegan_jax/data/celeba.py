@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vaegan_jax.data.readers import check_split
+from vaegan_jax.data.readers import config_value
 from vaegan_jax.data.readers import DataError
 from vaegan_jax.data.readers import DatasetInfo
-from vaegan_jax.data.readers import Source
-from vaegan_jax.data.readers import check_split
 from vaegan_jax.data.readers import file_stamp
 from vaegan_jax.data.readers import from_pil
-from vaegan_jax.data.readers import config_value
 from vaegan_jax.data.readers import resize
+from vaegan_jax.data.readers import Source
 
 # The 40 official CelebA attribute names, in list_attr_celeba.txt's column order
 # (the pipeline reads the names from the file; this is for users and tests).

@@ -15,14 +15,14 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from vaegan_jax.data.readers import DataError
-from vaegan_jax.data.readers import DatasetInfo
-from vaegan_jax.data.readers import Source
 from vaegan_jax.data.readers import center_square
 from vaegan_jax.data.readers import check_split
-from vaegan_jax.data.readers import from_pil
 from vaegan_jax.data.readers import config_value
+from vaegan_jax.data.readers import DataError
+from vaegan_jax.data.readers import DatasetInfo
+from vaegan_jax.data.readers import from_pil
 from vaegan_jax.data.readers import resize
+from vaegan_jax.data.readers import Source
 
 _FOLDER_TEST_EVERY = 20
 _FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -62,13 +62,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vaegan_jax.data.readers import DataError
-from vaegan_jax.data.readers import DatasetInfo
-from vaegan_jax.data.readers import Source
 from vaegan_jax.data.readers import check_split
 from vaegan_jax.data.readers import config_value
+from vaegan_jax.data.readers import DataError
+from vaegan_jax.data.readers import DatasetInfo
 from vaegan_jax.data.readers import from_pil
 from vaegan_jax.data.readers import resize
+from vaegan_jax.data.readers import Source
 
 INSTALL = "pip install -e '.[photos]'"  # or: pip install scikit-image
 

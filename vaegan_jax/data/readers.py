@@ -66,6 +66,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from vaegan_jax.runtime.errors import UserError
+
 DATASETS = ("digits", "mnist", "cifar10", "celeb_a", "folder", "photos")
 
 # Channels fixed by the dataset (None: chosen by data_config.channels).
@@ -73,7 +75,7 @@ _DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "celeb_a": 3,
                      "folder": None, "photos": None}
 
 # The encoder/discriminator halve the resolution three times (64 -> 8).
-_SIZE_MULTIPLE = 8
+_MIN_IMAGE_SIZE = 2
 _MAX_IMAGE_SIZE = 1024
 
 _DIGITS_NUM = 1797
@@ -82,7 +84,7 @@ _DIGITS_TEST_EVERY = 5
 TFDS_DATASETS = ("mnist", "cifar10")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """Data are missing or misconfigured; the message names the fix."""
 
 
@@ -117,13 +119,11 @@ def check_common(cfg: Any) -> tuple[str, int, int]:
     raise DataError(f"Unknown dataset {name!r}: set data.name to one of "
                     f"{', '.join(DATASETS)}.")
   size = config_value(cfg, "image_size")
+  # What sizes a network can take (it halves them) is the network's check.
   if (isinstance(size, bool) or not isinstance(size, (int, np.integer))
-      or not _SIZE_MULTIPLE <= size <= _MAX_IMAGE_SIZE
-      or size % _SIZE_MULTIPLE):
-    raise DataError(f"Bad data.image_size={size!r}: use an integer multiple "
-                    f"of {_SIZE_MULTIPLE} in [{_SIZE_MULTIPLE}, "
-                    f"{_MAX_IMAGE_SIZE}] (the networks halve it 3 times), "
-                    "e.g. 32 or 64.")
+      or not _MIN_IMAGE_SIZE <= size <= _MAX_IMAGE_SIZE):
+    raise DataError(f"Bad data.image_size={size!r}: use an integer in [{_MIN_IMAGE_SIZE}, "
+                    f"{_MAX_IMAGE_SIZE}], e.g. 32 or 64.")
   channels = config_value(cfg, "channels")
   want = _DATASET_CHANNELS[name]
   if channels not in (1, 3):

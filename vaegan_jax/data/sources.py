@@ -12,10 +12,10 @@ from vaegan_jax.data import celeba
 from vaegan_jax.data import folder
 from vaegan_jax.data import photos
 from vaegan_jax.data import readers
+from vaegan_jax.data.readers import config_value
 from vaegan_jax.data.readers import DataError
 from vaegan_jax.data.readers import DatasetInfo
 from vaegan_jax.data.readers import Source
-from vaegan_jax.data.readers import config_value
 
 
 # Datasets whose examples carry a class 'label'.

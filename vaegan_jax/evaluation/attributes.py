@@ -14,7 +14,7 @@ For every example i of the held-out split (default: the first generator's
 ``data.eval_split``, i.e. CelebA 'test'), each conditional generator decodes
 one image Dec(z_i, y_i) with z_i ~ N(0, T^2 I) (the same z for every
 generator) and y_i the example's attribute vector; the classifier (trained on
-real images, ``attribute_classifier.train_and_evaluate``) predicts attribute
+real images, ``classifier.train_and_evaluate``) predicts attribute
 probabilities p_i in [0, 1] for it. As in the paper, one row per generator
 and a reference row for the real images themselves:
 
@@ -23,7 +23,7 @@ and a reference row for the real images themselves:
   mse    = mean over all examples and attributes of (y_ia - p_ia)^2
 
 plus the accuracy of the thresholded predictions (p > 0.5). See
-``attribute_classifier.attribute_similarity``.
+``metrics.attribute_similarity``.
 
 The result: {'rows': [{'name', 'kind', 'step', 'cosine', 'mse', 'accuracy',
 'num_examples', 'num_zero_norm'}, ...] (first row 'real <split> images'),
@@ -41,12 +41,11 @@ from typing import Any, Optional
 import jax
 from absl import logging
 
-from vaegan_jax import attribute_classifier as ac
-from vaegan_jax import checkpoint
+from vaegan_jax import classifier as classifier_lib
 from vaegan_jax import data
-from vaegan_jax import models
 from vaegan_jax import sampling
-from vaegan_jax import sampling_outputs
+from vaegan_jax.evaluation import metrics
+from vaegan_jax.runtime.errors import UserError
 
 OUTPUT_FILE = "attribute_similarity.json"
 
@@ -59,31 +58,21 @@ DEFINITIONS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
   """Incompatible generator/classifier/data; one-line message naming the fix."""
 
 
-# What a caller (the binary) reports as one line, without a traceback.
-USER_ERRORS = (EvaluationError, ac.ClassifierError, checkpoint.CheckpointError,
-               data.DataError)
 
 
-def load_generator(workdir: str, step: Optional[int], classifier: ac.Classifier,
+def load_generator(workdir: str, step: Optional[int], classifier: classifier_lib.Classifier,
                    manual_dir: Optional[str] = None):
   """(Sampler, config, step) of a conditional checkpoint whose images fit the classifier.
 
-  Raises one of ``USER_ERRORS`` (one line); the config is checked before the
+  Raises a ``UserError`` (one line); the config is checked before the
   arrays are read.
   """
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    raise checkpoint.CheckpointError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}.")
-  config, step = checkpoint.read_config(workdir, step)
-  try:
-    arch = models.Architecture.from_config(config.model)
-    arch.validate()
-  except (ValueError, TypeError) as e:
-    raise checkpoint.CheckpointError(f"The config saved in {workdir} is not valid here "
-                                     f"({str(e).splitlines()[0]}).") from e
+  config, step = sampling.read_config(workdir, step)
+  arch = sampling.check_config(config, workdir, step)
   if not arch.num_attributes:
     raise EvaluationError(
         f"{workdir} holds an unconditional model (model.num_attributes=0); train one with "
@@ -97,10 +86,10 @@ def load_generator(workdir: str, step: Optional[int], classifier: ac.Classifier,
         f"{workdir} makes {arch.image_size}x{arch.image_size}x{arch.channels} images but the "
         f"classifier takes {c.image_size}x{c.image_size}x{c.channels}; train the classifier "
         "on the generator's data settings.")
-  state, config = sampling_outputs.restore_checked(workdir, step, config)
+  sampler = sampling.Sampler.from_workdir(workdir, step, config=config)
   if manual_dir:
     config.data.manual_dir = manual_dir
-  return sampling.Sampler.from_state(config, state), config, step
+  return sampler, config, step
 
 
 def score_generators(workdirs: Sequence[str], classifier_workdir: str, *,
@@ -122,14 +111,14 @@ def score_generators(workdirs: Sequence[str], classifier_workdir: str, *,
   Returns:
     The result dict of the module docstring.
   Raises:
-    One of ``USER_ERRORS`` (one line) before any image is generated.
+    A ``UserError`` (one line) before any image is generated.
   """
   workdirs = [w for w in workdirs if w]
   if not workdirs:
     raise EvaluationError("Give at least one --workdir.")
   if batch_size < 1 or num_examples < 0 or not temperature >= 0:
     raise EvaluationError("Need --batch_size >= 1, --num_examples >= 0, --temperature >= 0.")
-  classifier, _ = ac.restore(classifier_workdir)
+  classifier, _ = classifier_lib.restore(classifier_workdir)
   generators = [load_generator(w, step, classifier, manual_dir) for w in workdirs]
 
   # The held-out data: the first generator's dataset settings.
@@ -149,17 +138,17 @@ def score_generators(workdirs: Sequence[str], classifier_workdir: str, *,
   batches = sampling.dataset_batches(data_config, split, batch_size, num_examples or 2 ** 62)
 
   logging.info("Classifying the real %r images.", split)
-  y, p_real = ac.predict_dataset(classifier, batches)
+  y, p_real = classifier_lib.predict_dataset(classifier, batches)
   rows = [dict(name=f"real {split} images", kind="real", step=None,
-               **ac.attribute_similarity(y, p_real),
-               accuracy=ac.binary_accuracy(y, p_real))]
+               **metrics.attribute_similarity(y, p_real),
+               accuracy=metrics.binary_accuracy(y, p_real))]
   rng = jax.random.PRNGKey(seed)  # The same z for every generator.
   for w, (sampler, cfg, s) in zip(workdirs, generators):
     logging.info("Generating and classifying %d images with %s.", len(y), w)
-    p = ac.predict_conditional_samples(sampler, classifier, y, rng, temperature=temperature,
-                                       batch_size=batch_size)
-    rows.append(dict(name=w, kind=str(cfg.kind), step=int(s),
-                     **ac.attribute_similarity(y, p), accuracy=ac.binary_accuracy(y, p)))
+    p = classifier_lib.predict_conditional_samples(sampler, classifier, y, rng,
+                                                   temperature=temperature, batch_size=batch_size)
+    rows.append(dict(name=w, kind=str(cfg.kind), step=int(s), **metrics.attribute_similarity(y, p),
+                     accuracy=metrics.binary_accuracy(y, p)))
   return dict(split=split, dataset=info.name, num_examples=int(len(y)), seed=seed,
               temperature=temperature, classifier_workdir=classifier_workdir,
               classifier_step=classifier.step, definitions=DEFINITIONS, rows=rows)
@@ -182,7 +171,7 @@ def evaluate_attributes(workdirs: Sequence[str], classifier_workdir: str, outdir
   """``score_generators(workdirs, classifier_workdir, **options)``, written to ``outdir``.
 
   Returns the result dict; nothing is written when it raises (one of
-  ``USER_ERRORS``, one line).
+  a ``UserError``, one line).
   """
   result = score_generators(workdirs, classifier_workdir, **options)
   write_result(result, outdir)

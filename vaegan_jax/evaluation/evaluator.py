@@ -49,13 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vaegan_jax import checkpoint
 from vaegan_jax import data as data_lib
 from vaegan_jax import losses
 from vaegan_jax import models
 from vaegan_jax import sampling
 from vaegan_jax.evaluation import features as feats_lib
 from vaegan_jax.evaluation import metrics
+from vaegan_jax.runtime import best_checkpoint
+from vaegan_jax.runtime import checkpoint
 
 # Subsets of KID: the reference code's 100 subsets of 1,000.
 KID_SUBSETS = 100
@@ -82,7 +83,7 @@ def load_images(data_config: Any, split: str, num: int) -> dict[str, np.ndarray]
   seed = None if num >= size else 0
   parts = list(sampling.dataset_batches(data_config, split, 512, num, seed=seed))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
-          if k in ('image', 'label', 'attributes')}
+          if k in ("image", "label", "attributes")}
 
 
 def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split: str,
@@ -94,22 +95,22 @@ def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split
   stale features.
   """
   n = min(int(num), _split_size(data_config, split))
-  key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
-                          'n': n, 'features': extractor.name, 'weights': extractor.fingerprint})
-  path = os.path.join(feats_lib.cache_dir(), 'real_features',
+  key = feats_lib.digest({"data": feats_lib.data_fingerprint(data_config), "split": split,
+                          "n": n, "features": extractor.name, "weights": extractor.fingerprint})
+  path = os.path.join(feats_lib.cache_dir(), "real_features",
                       f'{data_lib.config_value(data_config, "name")}_{split}_{n}_{key}.npz')
   if use_cache and os.path.exists(path):
     try:
       with np.load(path) as f:
         return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError) as e:
-      logging.warning('Ignoring unreadable cache file %s (%s).', path, e)
+      logging.warning("Ignoring unreadable cache file %s (%s).", path, e)
   data = load_images(data_config, split, n)
-  out = extract(extractor, data['image'])
-  out.update({k: v for k, v in data.items() if k != 'image'})
+  out = extract(extractor, data["image"])
+  out.update({k: v for k, v in data.items() if k != "image"})
   if use_cache:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}.npz'
+    tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, **out)
     os.replace(tmp, path)
   return out
@@ -119,17 +120,17 @@ def real_sharpness(data_config: Any, split: str, num: int, *,
                    use_cache: bool = True) -> dict[str, float]:
   """``metrics.sharpness_metrics`` of ``load_images(data_config, split, num)``, cached."""
   n = min(int(num), _split_size(data_config, split))
-  key = feats_lib.digest({'data': feats_lib.data_fingerprint(data_config), 'split': split,
-                          'n': n, 'band': metrics.HIGH_FREQUENCY_BAND})
-  path = os.path.join(feats_lib.cache_dir(), 'real_sharpness',
+  key = feats_lib.digest({"data": feats_lib.data_fingerprint(data_config), "split": split,
+                          "n": n, "band": metrics.HIGH_FREQUENCY_BAND})
+  path = os.path.join(feats_lib.cache_dir(), "real_sharpness",
                       f'{data_lib.config_value(data_config, "name")}_{split}_{n}_{key}.json')
   if use_cache and os.path.exists(path):
     try:
       with open(path) as f:
         return json.load(f)
     except (OSError, ValueError) as e:
-      logging.warning('Ignoring unreadable cache file %s (%s).', path, e)
-  out = metrics.sharpness_metrics(load_images(data_config, split, n)['image'])
+      logging.warning("Ignoring unreadable cache file %s (%s).", path, e)
+  out = metrics.sharpness_metrics(load_images(data_config, split, n)["image"])
   if use_cache:
     feats_lib.write_json_atomic(path, out)
   return out
@@ -156,17 +157,17 @@ def feature_metrics(real: dict[str, np.ndarray], fake: dict[str, np.ndarray], *,
     real, fake: dicts with 'features' (N, D) and optionally 'probs' (N, K).
     labels: true classes of the fake images (reconstructions): adds 'accuracy'.
   """
-  rf, ff = real['features'], fake['features']
-  out = {'fid': metrics.fid_from_features(rf, ff)}
+  rf, ff = real["features"], fake["features"]
+  out = {"fid": metrics.fid_from_features(rf, ff)}
   out.update(metrics.kernel_inception_distance(rf, ff, num_subsets=kid_subsets,
                                                subset_size=kid_subset_size, seed=seed))
   out.update(metrics.precision_recall(rf, ff, k=3))
-  if 'probs' in fake:
-    out.update(metrics.classifier_scores(fake['probs'], real.get('probs')))
+  if "probs" in fake:
+    out.update(metrics.classifier_scores(fake["probs"], real.get("probs")))
     if labels is not None:
-      out['accuracy'] = float(np.mean(np.argmax(fake['probs'], axis=1) == labels))
-  if 'inception_probs' in fake and len(fake['inception_probs']) >= 10:
-    out.update(metrics.inception_score(fake['inception_probs'], splits=10))
+      out["accuracy"] = float(np.mean(np.argmax(fake["probs"], axis=1) == labels))
+  if "inception_probs" in fake and len(fake["inception_probs"]) >= 10:
+    out.update(metrics.inception_score(fake["inception_probs"], splits=10))
   return out
 
 
@@ -187,10 +188,10 @@ def evaluate_sampler(sampler: sampling.Sampler, data_config: Any,
   """
   split = split or data_config.train_split
   real = real_features(extractor, data_config, split, num)
-  n = real['features'].shape[0]
+  n = real["features"].shape[0]
   y = None
   if sampler.arch.num_attributes:
-    y = real['attributes'][:n]
+    y = real["attributes"][:n]
   images, _ = sampling.sample(sampler, jax.random.PRNGKey(seed), n, temperature=temperature,
                               y=y)
   return feature_metrics(real, extract(extractor, np.asarray(images)), seed=seed)
@@ -202,29 +203,34 @@ def evaluate_sampler(sampler: sampling.Sampler, data_config: Any,
 
 @functools.lru_cache(maxsize=None)
 def _recon_fn(arch: models.Architecture, with_dis: bool, pixel_sigma: float):
-  nets = models.Networks.create(arch)
+  """Jitted (variables by group, x, y, eps) -> Dec(mu(x)) and the per-image ELBO terms.
+
+  The encoder and decoder calls are the sampler's (``sampling.network_fns``), so
+  evaluation decodes exactly as sampling does.
+  """
+  encode, decode = sampling.network_fns(arch)
+  discriminator = models.Networks.create(arch).discriminator
 
   @jax.jit
   def fn(variables, x, y, eps):
-    mu, logvar = nets.encoder.apply(variables['encoder'], x, y, train=False)
-    dec = lambda z: nets.decoder.apply(variables['decoder'], z, y, train=False)
-    x_mean = dec(mu)
-    x_sample = dec(mu + jnp.exp(0.5 * logvar) * eps)
-    out = {'x_mean': x_mean, 'kl': losses.kl_prior(mu, logvar),
-           'pixel_nll': losses.pixel_llike(x_sample, x, pixel_sigma)}
+    mu, logvar = encode(variables["encoder"], x, y)
+    x_mean = decode(variables["decoder"], mu, y)
+    x_sample = decode(variables["decoder"], mu + jnp.exp(0.5 * logvar) * eps, y)
+    out = {"x_mean": x_mean, "kl": losses.kl_prior(mu, logvar),
+           "pixel_nll": losses.pixel_llike(x_sample, x, pixel_sigma)}
     if with_dis:
-      dis_l = lambda im: nets.discriminator.apply(variables['discriminator'], im, y,
-                                                  train=False, features_only=True)
+      dis_l = lambda im: discriminator.apply(variables["discriminator"], im, y,
+                                             train=False, features_only=True)
       f_x = dis_l(x)
-      out['dis_l_error'] = losses.llike_dis_l(dis_l(x_mean), f_x)
-      out['dis_l_nll'] = losses.llike_dis_l(dis_l(x_sample), f_x)
+      out["dis_l_error"] = losses.llike_dis_l(dis_l(x_mean), f_x)
+      out["dis_l_nll"] = losses.llike_dis_l(dis_l(x_sample), f_x)
     return out
 
   return fn
 
 
 def _variables(state: Any) -> dict:
-  return {g: {'params': state.params[g], 'batch_stats': state.batch_stats.get(g, {})}
+  return {g: {"params": state.params[g], "batch_stats": state.batch_stats.get(g, {})}
           for g in state.params}
 
 
@@ -238,26 +244,21 @@ def reconstruct_heldout(state: Any, config: Any, images: np.ndarray, y: Optional
   """
   arch = models.Architecture.from_config(config.model)
   kind = config.kind
-  with_dis = kind in ('vaegan', 'vae_dis_l')
-  fn = _recon_fn(arch, with_dis, float(config.get('pixel_sigma', 1.0)))
+  with_dis = kind in ("vaegan", "vae_dis_l")
+  fn = _recon_fn(arch, with_dis, float(config.get("pixel_sigma", 1.0)))
   variables = jax.device_put(_variables(state))
-  n, chunk = images.shape[0], feats_lib.inference_chunk()
-  eps = np.asarray(jax.random.normal(rng, (n, arch.z_dim), jnp.float32))
-  outs = []
-  for s in range(0, n, chunk):
-    m = min(chunk, n - s)
-    pad = lambda a, m=m: None if a is None else np.pad(  # One executable for all chunks.
-        a[s:s + m], [(0, chunk - m)] + [(0, 0)] * (a.ndim - 1))
-    out = jax.device_get(fn(variables, pad(images), pad(y), pad(eps)))
-    outs.append({k: v[:m] for k, v in out.items()})
-  out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-  rec = out.pop('x_mean')
+  eps = np.asarray(sampling.prior_sample(rng, images.shape[0], arch.z_dim))
+  # Chunks come back to the host one by one; every size is padded to one
+  # chunk, so each training-time evaluation reuses one executable.
+  out = sampling.in_chunks(lambda *a: jax.device_get(fn(variables, *a)),
+                           feats_lib.inference_chunk(), images, y, eps, always_pad=True)
+  rec = out.pop("x_mean")
   result = metrics.pixel_metrics(images, rec)
   for k, v in out.items():
     result[k] = float(np.mean(v))
-  result['recon_nll'] = result['dis_l_nll'] if with_dis else result['pixel_nll']
-  result.pop('dis_l_nll', None)
-  result['elbo'] = -(result['kl'] + result['recon_nll'])
+  result["recon_nll"] = result["dis_l_nll"] if with_dis else result["pixel_nll"]
+  result.pop("dis_l_nll", None)
+  result["elbo"] = -(result["kl"] + result["recon_nll"])
   return rec, result
 
 
@@ -267,7 +268,7 @@ def reconstruct_heldout(state: Any, config: Any, images: np.ndarray, y: Optional
 
 def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
                    extractor: Optional[feats_lib.FeatureExtractor] = None,
-                   no_features_reason: str = '', seed: int = 0,
+                   no_features_reason: str = "", seed: int = 0,
                    use_cache: bool = True) -> dict[str, Any]:
   """The report of one host TrainState (see the module docstring for its fields).
 
@@ -283,78 +284,157 @@ def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
   data = config.data
   arch = models.Architecture.from_config(config.model)
   real_split = data.train_split
-  heldout_split = data.get('eval_split') or None
   n_real = _split_size(data, real_split)
-  n = min(int(num), n_real)
   rng_samples, rng_eps = jax.random.split(jax.random.PRNGKey(seed))
-  report: dict[str, Any] = {
-      'step': int(np.asarray(state.step)), 'kind': config.kind,
-      'dataset': data.name, 'real_split': real_split, 'heldout_split': heldout_split,
-      'num_requested': int(num), 'num': n, 'seed': int(seed),
-      'features': extractor.name if extractor else None}
-  if n < num:
-    report['num_capped_by'] = f'{real_split!r} has {n_real} images'
-    logging.warning('num=%d capped to %d: split %r of %s has %d images.', num, n, real_split,
-                    data.name, n_real)
-  if extractor is None:
-    report['no_features_reason'] = no_features_reason
-  else:
-    report['feature_info'] = dict(extractor.info)
+  report = _report_head(state, config, num=num, n_real=n_real, seed=seed, extractor=extractor,
+                        no_features_reason=no_features_reason)
+  n = report["num"]
   timings = {}
 
   real = None
   if extractor is not None:
     t = time.time()
     real = real_features(extractor, data, real_split, n, use_cache=use_cache)
-    report['feature_dim'] = int(real['features'].shape[1])
-    timings['real_features'] = time.time() - t
+    report["feature_dim"] = int(real["features"].shape[1])
+    timings["real_features"] = time.time() - t
 
   reference = real_sharpness(data, real_split, n, use_cache=use_cache)
   sampler = sampling.Sampler.from_state(config, state, chunk_size=feats_lib.inference_chunk())
   t = time.time()
-  y = None
-  if arch.num_attributes:  # Conditional: the real images' attributes, in order.
-    attrs = (real['attributes'] if real is not None
-             else load_images(data, real_split, n)['attributes'])
-    y = attrs[np.arange(n) % len(attrs)]
-  images, _ = sampling.sample(sampler, rng_samples, n, y=y)
-  images = np.asarray(images)
+  images = _prior_samples(sampler, config, real, n, rng_samples)
   fake = extract(extractor, images) if extractor is not None else None
-  timings['samples'] = time.time() - t
+  timings["samples"] = time.time() - t
   t = time.time()
-  report['samples'] = feature_metrics(real, fake, seed=seed) if extractor is not None else {}
-  report['samples'].update(metrics.sharpness_metrics(images, reference))
-  timings['sample_metrics'] = time.time() - t
+  report["samples"] = feature_metrics(real, fake, seed=seed) if extractor is not None else {}
+  report["samples"].update(metrics.sharpness_metrics(images, reference))
+  timings["sample_metrics"] = time.time() - t
 
-  if heldout_split:
+  if report["heldout_split"]:
     t = time.time()
-    held = load_images(data, heldout_split, n)
-    report['num_heldout'] = int(held['image'].shape[0])
-    y = held.get('attributes') if arch.num_attributes else None
-    held_feats = None
-    held_sharpness = metrics.sharpness_metrics(held['image'], reference)
-    report['heldout_real'] = dict(held_sharpness)
-    if extractor is not None:
-      held_feats = real_features(extractor, data, heldout_split, n, use_cache=use_cache)
-      report['heldout_real'].update(feature_metrics(real, held_feats, seed=seed,
-                                                    labels=held.get('label')))
-      m = held_feats['features'].shape[0]
-      sub = {k: v[:m] for k, v in fake.items()}
-      report['samples_at_heldout_n'] = {
-          'fid': metrics.fid_from_features(real['features'], sub['features']),
-          **metrics.precision_recall(real['features'], sub['features'], k=3)}
-    if 'encoder' in state.params:
-      rec, rec_metrics = reconstruct_heldout(state, config, held['image'], y, rng_eps)
-      rec_metrics.update(metrics.sharpness_metrics(rec, held_sharpness))
-      if extractor is not None:
-        rec_feats = extract(extractor, rec)
-        fm = feature_metrics(real, rec_feats, seed=seed, labels=held.get('label'))
-        rec_metrics.update({k: fm[k] for k in fm if not k.startswith('kid_')})
-      report['reconstructions'] = rec_metrics
-    timings['heldout'] = time.time() - t
-  report['seconds'] = {**{k: round(v, 2) for k, v in timings.items()},
-                       'total': round(time.time() - t0, 2)}
+    report.update(_heldout_sections(state, config, report["heldout_split"], n,
+                                    conditional=bool(arch.num_attributes), real=real,
+                                    fake=fake, reference=reference, extractor=extractor,
+                                    seed=seed, use_cache=use_cache, rng=rng_eps))
+    timings["heldout"] = time.time() - t
+  report["seconds"] = {**{k: round(v, 2) for k, v in timings.items()},
+                       "total": round(time.time() - t0, 2)}
   return report
+
+
+def _report_head(state: Any, config: Any, *, num: int, n_real: int, seed: int,
+                 extractor: Optional[feats_lib.FeatureExtractor],
+                 no_features_reason: str) -> dict[str, Any]:
+  """The report's first fields: what is evaluated, against what, in which features.
+
+  Args:
+    n_real: the size of the real split (``data.train_split``), which caps
+      ``num`` (with a warning and ``num_capped_by`` in the report).
+  """
+  data = config.data
+  real_split = data.train_split
+  n = min(int(num), n_real)
+  report: dict[str, Any] = {
+      "step": int(np.asarray(state.step)), "kind": config.kind,
+      "dataset": data.name, "real_split": real_split,
+      "heldout_split": data.get("eval_split") or None,
+      "num_requested": int(num), "num": n, "seed": int(seed),
+      "features": extractor.name if extractor else None}
+  if n < num:
+    report["num_capped_by"] = f"{real_split!r} has {n_real} images"
+    logging.warning("num=%d capped to %d: split %r of %s has %d images.", num, n, real_split,
+                    data.name, n_real)
+  if extractor is None:
+    report["no_features_reason"] = no_features_reason
+  else:
+    report["feature_info"] = dict(extractor.info)
+  return report
+
+
+def _prior_samples(sampler: sampling.Sampler, config: Any, real: Optional[dict[str, np.ndarray]],
+                   n: int, rng: jax.Array) -> np.ndarray:
+  """Dec(z) of n prior samples z ~ N(0, I) drawn with ``rng``.
+
+  Args:
+    real: the real features (``real_features``), or None without features.
+  Returns:
+    images (n, S, S, C) float32 in [-1, 1] (host). A conditional model gets
+    the attributes of the real images of ``data.train_split``, in order, as y.
+  """
+  y = None
+  if sampler.arch.num_attributes:
+    attrs = (real["attributes"] if real is not None
+             else load_images(config.data, config.data.train_split, n)["attributes"])
+    y = attrs[np.arange(n) % len(attrs)]
+  images, _ = sampling.sample(sampler, rng, n, y=y)
+  return np.asarray(images)
+
+
+def _heldout_sections(state: Any, config: Any, split: str, n: int, *, conditional: bool,
+                      real: Optional[dict[str, np.ndarray]],
+                      fake: Optional[dict[str, np.ndarray]], reference: dict[str, float],
+                      extractor: Optional[feats_lib.FeatureExtractor], seed: int,
+                      use_cache: bool, rng: jax.Array) -> dict[str, Any]:
+  """The report's fields on the held-out ``split`` (its first n images at most).
+
+  Args:
+    conditional: whether the model takes attributes y (the held-out images' own).
+    real, fake: the features of the real images and of the samples (None
+      without an extractor).
+    reference: ``real_sharpness`` of the real images.
+    rng: the key of the ELBO's eps.
+  Returns:
+    'num_heldout', 'heldout_real' [, 'samples_at_heldout_n' with features]
+    [, 'reconstructions' for a model with an encoder], in that order.
+  """
+  data = config.data
+  held = load_images(data, split, n)
+  out: dict[str, Any] = {"num_heldout": int(held["image"].shape[0])}
+  y = held.get("attributes") if conditional else None
+  held_sharpness = metrics.sharpness_metrics(held["image"], reference)
+  out["heldout_real"] = dict(held_sharpness)
+  if extractor is not None:
+    held_feats = real_features(extractor, data, split, n, use_cache=use_cache)
+    out["heldout_real"].update(feature_metrics(real, held_feats, seed=seed,
+                                               labels=held.get("label")))
+    out["samples_at_heldout_n"] = _samples_at_n(real, fake, held_feats["features"].shape[0])
+  if "encoder" in state.params:
+    out["reconstructions"] = _reconstruction_metrics(state, config, held, y, rng,
+                                                     held_sharpness, real, extractor, seed)
+  return out
+
+
+def _samples_at_n(real: dict[str, np.ndarray], fake: dict[str, np.ndarray],
+                  m: int) -> dict[str, float]:
+  """FID, precision and recall of the first m samples' features (m, D) against all
+  the real ones (n, D): the samples' scores at the held-out set's n."""
+  sub = fake["features"][:m]
+  return {"fid": metrics.fid_from_features(real["features"], sub),
+          **metrics.precision_recall(real["features"], sub, k=3)}
+
+
+def _reconstruction_metrics(state: Any, config: Any, held: dict[str, np.ndarray],
+                            y: Optional[np.ndarray], rng: jax.Array,
+                            held_sharpness: dict[str, float],
+                            real: Optional[dict[str, np.ndarray]],
+                            extractor: Optional[feats_lib.FeatureExtractor],
+                            seed: int) -> dict[str, float]:
+  """The 'reconstructions' section: Dec(mu(x)) of the held-out images.
+
+  Args:
+    held: the held-out images, 'image' (m, S, S, C) [, 'label' (m,)].
+    y: their attributes (m, A) for a conditional model, else None.
+    held_sharpness: ``metrics.sharpness_metrics`` of the held-out images, the
+      reference of the reconstructions' sharpness.
+    real: the real features against which the reconstructions' feature
+      metrics (all but KID's std) are computed; None without an extractor.
+  """
+  rec, rec_metrics = reconstruct_heldout(state, config, held["image"], y, rng)
+  rec_metrics.update(metrics.sharpness_metrics(rec, held_sharpness))
+  if extractor is not None:
+    rec_feats = extract(extractor, rec)
+    fm = feature_metrics(real, rec_feats, seed=seed, labels=held.get("label"))
+    rec_metrics.update({k: fm[k] for k in fm if not k.startswith("kid_")})
+  return rec_metrics
 
 
 # ----------------------------------------------------------------------------
@@ -362,29 +442,29 @@ def evaluate_state(state: Any, config: Any, *, num: int = 10_000,
 
 
 def eval_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'eval')
+  return os.path.join(os.path.abspath(workdir), "eval")
 
 
 def report_path(workdir: str, step: int) -> str:
-  return os.path.join(eval_dir(workdir), f'step_{int(step)}.json')
+  return os.path.join(eval_dir(workdir), f"step_{int(step)}.json")
 
 
 def write_report(workdir: str, report: dict) -> str:
   """Writes ``workdir/eval/step_<N>.json`` atomically; returns its path."""
-  path = report_path(workdir, report['step'])
+  path = report_path(workdir, report["step"])
   feats_lib.write_json_atomic(path, report)
   return path
 
 
-_SECTIONS = (('samples', 'eval/'), ('reconstructions', 'eval/recon/'),
-             ('heldout_real', 'eval/heldout_real/'),
-             ('samples_at_heldout_n', 'eval/samples_at_heldout_n/'))
+_SECTIONS = (("samples", "eval/"), ("reconstructions", "eval/recon/"),
+             ("heldout_real", "eval/heldout_real/"),
+             ("samples_at_heldout_n", "eval/samples_at_heldout_n/"))
 
 
 # Metrics whose value depends on the feature space (their tags name it).
-FEATURE_METRICS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'inception_score',
-                   'inception_score_std', 'classifier_score',
-                   'confidence', 'class_coverage', 'class_tv', 'accuracy')
+FEATURE_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score",
+                   "inception_score_std", "classifier_score",
+                   "confidence", "class_coverage", "class_tv", "accuracy")
 
 
 def scalars(report: dict) -> dict[str, float]:
@@ -396,40 +476,40 @@ def scalars(report: dict) -> dict[str, float]:
   sharpness metrics don't depend on it (``eval/recon/psnr``).
   """
   out = {}
-  space = report.get('features') or 'no_features'
+  space = report.get("features") or "no_features"
   for section, prefix in _SECTIONS:
     for k, v in report.get(section, {}).items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         tag = prefix + k
         if k in FEATURE_METRICS:
-          tag = f'eval/{space}/' + tag[len('eval/'):]
+          tag = f"eval/{space}/" + tag[len("eval/"):]
         out[tag] = float(v)
   return out
 
 
-_ROWS = (('fid', 'FID', '{:.3f}'), ('kid', 'KID x 1e3', None), ('precision', 'precision', '{:.3f}'),
-         ('recall', 'recall', '{:.3f}'), ('inception_score', 'Inception score', '{:.2f}'),
-         ('classifier_score', 'classifier score', '{:.2f}'),
-         ('confidence', 'confidence', '{:.3f}'), ('class_coverage', 'class coverage', '{:.2f}'),
-         ('accuracy', 'label accuracy', '{:.3f}'), ('mse', 'MSE [0,1]', '{:.4f}'),
-         ('psnr', 'PSNR dB', '{:.2f}'), ('dis_l_error', 'Dis_l error', '{:.2f}'),
-         ('kl', 'KL', '{:.2f}'), ('elbo', 'ELBO', '{:.2f}'),
-         ('sharpness_laplacian', 'sharp. Laplacian', '{:.3f}'),
-         ('sharpness_spectral', 'sharp. spectral', '{:.3f}'))
+_ROWS = (("fid", "FID", "{:.3f}"), ("kid", "KID x 1e3", None), ("precision", "precision", "{:.3f}"),
+         ("recall", "recall", "{:.3f}"), ("inception_score", "Inception score", "{:.2f}"),
+         ("classifier_score", "classifier score", "{:.2f}"),
+         ("confidence", "confidence", "{:.3f}"), ("class_coverage", "class coverage", "{:.2f}"),
+         ("accuracy", "label accuracy", "{:.3f}"), ("mse", "MSE [0,1]", "{:.4f}"),
+         ("psnr", "PSNR dB", "{:.2f}"), ("dis_l_error", "Dis_l error", "{:.2f}"),
+         ("kl", "KL", "{:.2f}"), ("elbo", "ELBO", "{:.2f}"),
+         ("sharpness_laplacian", "sharp. Laplacian", "{:.3f}"),
+         ("sharpness_spectral", "sharp. spectral", "{:.3f}"))
 
 
 def format_table(report: dict) -> str:
   """A short console table: samples, reconstructions, held-out real images."""
-  cols = [('samples', 'samples'), ('reconstructions', 'recon'), ('heldout_real', 'real held-out')]
+  cols = [("samples", "samples"), ("reconstructions", "recon"), ("heldout_real", "real held-out")]
   cols = [(k, h) for k, h in cols if k in report]
   head = (f"eval step {report['step']}: {report['kind']} on {report['dataset']}, features "
           f"{report['features'] or 'none'}, n={report['num']} vs {report['real_split']!r}"
           + (f", held-out {report['heldout_split']!r} n={report.get('num_heldout')}"
-             if report.get('heldout_split') else ''))
+             if report.get("heldout_split") else ""))
   lines = [head]
-  if report.get('no_features_reason'):
+  if report.get("no_features_reason"):
     lines.append(f"  ({report['no_features_reason']})")
-  lines.append(f"  {'':16s}" + ''.join(f'{h:>15s}' for _, h in cols))
+  lines.append(f"  {'':16s}" + "".join(f"{h:>15s}" for _, h in cols))
   for key, label, fmt in _ROWS:
     vals = [report[c].get(key) for c, _ in cols]
     if all(v is None for v in vals):
@@ -438,20 +518,20 @@ def format_table(report: dict) -> str:
     for v in vals:
       if v is None:
         cells.append(f"{'-':>15s}")
-      elif key == 'kid':
-        cells.append(f'{v * 1e3:>15.3f}')
+      elif key == "kid":
+        cells.append(f"{v * 1e3:>15.3f}")
       else:
-        cells.append(f'{fmt.format(v):>15s}')
-    lines.append(f'  {label:16s}' + ''.join(cells))
+        cells.append(f"{fmt.format(v):>15s}")
+    lines.append(f"  {label:16s}" + "".join(cells))
   lines.append(f"  ({report['seconds']['total']:.1f} s)")
-  return '\n'.join(lines)
+  return "\n".join(lines)
 
 
 def evaluate_checkpoint(workdir: str, step: Optional[int] = None, *, num: int = 10_000,
                         extractor: Optional[feats_lib.FeatureExtractor] = None,
-                        no_features_reason: str = '', seed: int = 0) -> dict[str, Any]:
+                        no_features_reason: str = "", seed: int = 0) -> dict[str, Any]:
   """Restores checkpoint ``step`` (default latest) of ``workdir`` and evaluates it."""
-  state, config = checkpoint.restore_for_inference(workdir, step)
+  state, config = sampling.restore_for_inference(workdir, step)
   return evaluate_state(state, config, num=num, extractor=extractor,
                         no_features_reason=no_features_reason, seed=seed)
 
@@ -473,12 +553,12 @@ def _same_settings(path: str, num: int, features: Optional[str], seed: int) -> b
       old = json.load(f)
   except (OSError, ValueError):
     return False
-  return (old.get('num_requested') == num and old.get('features') == features
-          and old.get('seed') == seed)
+  return (old.get("num_requested") == num and old.get("features") == features
+          and old.get("seed") == seed)
 
 
 def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
-                     features: str = 'auto', inception_weights: Optional[str] = None,
+                     features: str = "auto", inception_weights: Optional[str] = None,
                      seed: int = 0, classifier_dir: Optional[str] = None,
                      writer: Any = None) -> list[dict[str, Any]]:
   """Evaluates checkpoints of ``workdir``; writes their JSON and TensorBoard scalars.
@@ -495,65 +575,95 @@ def evaluate_workdir(workdir: str, step: Any = None, *, num: int = 10_000,
   Raises:
     CheckpointError, DataError, FeatureError with one-line messages.
   """
+  steps, config = _steps_to_evaluate(workdir, step)
+  extractor, why = feats_lib.resolve(features, config.data, inception_weights=inception_weights,
+                                     classifier_dir=classifier_dir)
+  name = extractor.name if extractor else None
+  if step == "all":
+    steps = [s for s in steps if not _same_settings(report_path(workdir, s), num, name, seed)]
+    if not steps:
+      logging.info("Every checkpoint of %s already has a report; nothing to do.", workdir)
+  reports, unusable = _evaluate_and_write(workdir, steps, skip_corrupt=(step == "all"),
+                                          writer=writer, num=num, extractor=extractor,
+                                          no_features_reason=why, seed=seed)
+  if unusable and not reports:
+    raise checkpoint.CheckpointError(
+        f"None of the checkpoints {unusable} in {checkpoint.checkpoint_dir(workdir)} is "
+        "readable (see the warnings above); train again or use another --workdir.")
+  return reports
+
+
+def _steps_to_evaluate(workdir: str, step: Any) -> tuple[list[int], Any]:
+  """The checkpoints ``evaluate_workdir(workdir, step)`` evaluates, and the config
+  that sets up the features.
+
+  Returns:
+    (steps, config): for None/'latest' (and 'best', resolved first) the newest
+    usable step and its config; for 'all' every step and the newest readable
+    config; for an int that step and its config, checked (so that a corrupt
+    checkpoint fails before the features are set up).
+  Raises:
+    CheckpointError: no checkpoint, no such step, or a corrupt one.
+  """
   mngr = checkpoint.manager(workdir, read_only=True)
   available = sorted(mngr.all_steps())
   mngr.close()
   if not available:
-    raise checkpoint.CheckpointError(
-        f'No checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with '
-        f'`python -m experiments.train --workdir={workdir}`.')
-  if step == 'best':
+    raise checkpoint.no_checkpoint(workdir)
+  if step == "best":
     step = checkpoint.resolve_step(workdir, step)
-  if step is None or step == 'latest':
+  if step is None or step == "latest":
     # The newest usable checkpoint: corrupt newer ones are skipped with a warning.
     config, latest = checkpoint.read_config(workdir)
-    steps = [latest]
-  elif step == 'all':
-    steps = available
-    config = _newest_readable_config(workdir, steps)
-  else:
-    if int(step) not in available:
-      raise checkpoint.CheckpointError(
-          f'No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; '
-          f'available: {available}.')
-    steps = [int(step)]
-    # A corrupt checkpoint fails here, before the features are set up.
-    config, _ = checkpoint.read_config(workdir, steps[-1], verify=True)
-  extractor, why = feats_lib.resolve(features, config.data, inception_weights=inception_weights,
-                                     classifier_dir=classifier_dir)
-  name = extractor.name if extractor else None
-  if step == 'all':
-    steps = [s for s in steps if not _same_settings(report_path(workdir, s), num, name, seed)]
-    if not steps:
-      logging.info('Every checkpoint of %s already has a report; nothing to do.', workdir)
+    return [latest], config
+  if step == "all":
+    return available, _newest_readable_config(workdir, available)
+  if int(step) not in available:
+    raise checkpoint.CheckpointError(
+        f"No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; "
+        f"available: {available}.")
+  steps = [int(step)]
+  # A corrupt checkpoint fails here, before the features are set up.
+  config, _ = checkpoint.read_config(workdir, steps[-1], verify=True)
+  return steps, config
+
+
+def _evaluate_and_write(workdir: str, steps: list[int], *, skip_corrupt: bool, writer: Any,
+                        num: int, extractor: Optional[feats_lib.FeatureExtractor],
+                        no_features_reason: str, seed: int) -> tuple[list[dict], list[int]]:
+  """Evaluates each of ``steps``; writes its JSON report and its scalars to ``writer``.
+
+  Args:
+    skip_corrupt: a corrupt checkpoint is skipped with a warning (else it raises).
+    writer: the scalars' MetricWriter; None: one on ``workdir``, opened only if
+      there are steps, and closed at the end.
+  Returns:
+    (the reports in step order, the steps skipped as corrupt).
+  """
   own_writer = writer is None and steps
   if own_writer:
-    from vaegan_jax import metric_writer  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.runtime import metric_writer  # pylint: disable=g-import-not-at-top
     writer = metric_writer.MetricWriter(workdir)
   reports, unusable = [], []
   try:
     for s in steps:
       try:
         report = evaluate_checkpoint(workdir, s, num=num, extractor=extractor,
-                                     no_features_reason=why, seed=seed)
+                                     no_features_reason=no_features_reason, seed=seed)
       except checkpoint.CorruptCheckpointError as e:
-        if step != 'all':
+        if not skip_corrupt:
           raise
-        logging.warning('Skipping checkpoint %d: %s', s, e)
+        logging.warning("Skipping checkpoint %d: %s", s, e)
         unusable.append(s)
         continue
       write_report(workdir, report)
       if writer is not None:
-        writer.write_eval(report['step'], scalars(report))
+        writer.write_eval(report["step"], scalars(report))
       reports.append(report)
   finally:
     if own_writer:
       writer.close()
-  if unusable and not reports:
-    raise checkpoint.CheckpointError(
-        f'None of the checkpoints {unusable} in {checkpoint.checkpoint_dir(workdir)} is '
-        'readable (see the warnings above); train again or use another --workdir.')
-  return reports
+  return reports, unusable
 
 
 def _newest_readable_config(workdir: str, steps: list[int]) -> Any:
@@ -564,26 +674,26 @@ def _newest_readable_config(workdir: str, steps: list[int]) -> Any:
     except checkpoint.CorruptCheckpointError:
       continue  # Warned about when its evaluation is skipped.
   raise checkpoint.CheckpointError(
-      f'None of the checkpoints {steps} in {checkpoint.checkpoint_dir(workdir)} has a readable '
-      'config; train again or use another --workdir.')
+      f"None of the checkpoints {steps} in {checkpoint.checkpoint_dir(workdir)} has a readable "
+      "config; train again or use another --workdir.")
 
 
 # ----------------------------------------------------------------------------
 # The best checkpoint by one metric (config.keep_best; checkpoint.py keeps it).
 
-LOWER_IS_BETTER = ('fid', 'kid', 'mse', 'dis_l_error', 'class_tv', 'kl', 'recon_nll',
-                   'pixel_nll')
-HIGHER_IS_BETTER = ('precision', 'recall', 'psnr', 'inception_score', 'classifier_score',
-                    'confidence',
-                    'class_coverage', 'accuracy', 'elbo')
-BEST_SECTIONS = ('samples', 'reconstructions', 'samples_at_heldout_n')
+LOWER_IS_BETTER = ("fid", "kid", "mse", "dis_l_error", "class_tv", "kl", "recon_nll",
+                   "pixel_nll")
+HIGHER_IS_BETTER = ("precision", "recall", "psnr", "inception_score", "classifier_score",
+                    "confidence",
+                    "class_coverage", "accuracy", "elbo")
+BEST_SECTIONS = ("samples", "reconstructions", "samples_at_heldout_n")
 
 
 def best_metric(metric: str) -> tuple[str, str, bool]:
   """'section.key' -> (section, key, lower is better). Raises ValueError naming the choices."""
-  section, _, key = str(metric).partition('.')
+  section, _, key = str(metric).partition(".")
   if section not in BEST_SECTIONS or key not in LOWER_IS_BETTER + HIGHER_IS_BETTER:
-    raise ValueError(f'keep_best={metric!r} is not a metric of the evaluation report: use '
+    raise ValueError(f"keep_best={metric!r} is not a metric of the evaluation report: use "
                      f'SECTION.KEY with SECTION in {"/".join(BEST_SECTIONS)} and KEY one of '
                      f'{", ".join(LOWER_IS_BETTER + HIGHER_IS_BETTER)} (e.g. samples.fid), or '
                      "'' for none.")
@@ -606,21 +716,21 @@ def best_record(report: dict, metric: str, current: Optional[dict]) -> Optional[
   if value is None:
     return None
   lower = best_metric(metric)[2]
-  if (current and current.get('metric') == metric
-      and current.get('features') == report.get('features')):
-    old = float(current['value'])
+  if (current and current.get("metric") == metric
+      and current.get("features") == report.get("features")):
+    old = float(current["value"])
     if not (value < old if lower else value > old):
       return None
-  return {'step': int(report['step']), 'metric': metric, 'value': value,
-          'features': report.get('features')}
+  return {"step": int(report["step"]), "metric": metric, "value": value,
+          "features": report.get("features")}
 
 
 def refresh_best(workdir: str, metric: str, steps: list[int]) -> Optional[dict]:
   """Rebuilds the best-checkpoint record when its step is not among ``steps`` (the
   checkpoints that exist): the best of their evaluation reports in the record's
   feature space; none if no report has the metric. Returns the record kept."""
-  current = checkpoint.read_best(workdir)
-  if current is not None and current.get('metric') == metric and current['step'] in steps:
+  current = best_checkpoint.read_best(workdir)
+  if current is not None and current.get("metric") == metric and current["step"] in steps:
     return current
   best = None
   for step in sorted(steps):
@@ -629,14 +739,13 @@ def refresh_best(workdir: str, metric: str, steps: list[int]) -> Optional[dict]:
         report = json.load(f)
     except (OSError, ValueError):
       continue
-    if best is not None and report.get('features') != best['features']:
+    if best is not None and report.get("features") != best["features"]:
       continue
     best = best_record(report, metric, best) or best
   if best != current:
-    logging.info('Best checkpoint by %s: %s.', metric,
-                 f"step {best['step']} ({best['value']:.4g})" if best else 'none yet')
-    checkpoint.write_best(workdir, best)
+    logging.info("Best checkpoint by %s: %s.", metric,
+                 f"step {best['step']} ({best['value']:.4g})" if best else "none yet")
+    best_checkpoint.write_best(workdir, best)
   return best
 
 
-USER_ERRORS = (checkpoint.CheckpointError, data_lib.DataError, feats_lib.FeatureError)

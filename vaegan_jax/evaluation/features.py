@@ -10,7 +10,7 @@ feature network decides what a number means. Two kinds, named in every report
   with ``python -m experiments.convert_inception_weights``; nothing is ever
   downloaded.
 * ``'classifier'``: where no Inception weights are given, a classifier that
-  the project trains on the dataset's own labels (``attribute_classifier.py``;
+  the project trains on the dataset's own labels (``vaegan_jax.classifier``;
   classes for digits/MNIST/CIFAR-10, the 40 attributes for CelebA). Its
   penultimate layer gives the features and its outputs the class
   probabilities of the classifier score. Name:
@@ -44,15 +44,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vaegan_jax import attribute_classifier as ac
+from vaegan_jax import classifier
 from vaegan_jax import data
-from vaegan_jax import trainer_utils
+from vaegan_jax.runtime import loop
+from vaegan_jax.runtime.errors import UserError
 
-FEATURE_KINDS = ('auto', 'inception', 'classifier')
-INCEPTION_ENV = 'VAEGAN_INCEPTION_WEIGHTS'
+FEATURE_KINDS = ("auto", "inception", "classifier")
+INCEPTION_ENV = "VAEGAN_INCEPTION_WEIGHTS"
 
 
-class FeatureError(ValueError):
+class FeatureError(UserError, ValueError):
   """Features that can't be had as asked (one-line message naming the fix)."""
 
 
@@ -85,15 +86,15 @@ def inference_chunk() -> int:
   rows: 47 s to compile the digits decoder and reconstruction, 16 rows: 8 s,
   at the same throughput). Elsewhere 256.
   """
-  return 16 if jax.default_backend() == 'cpu' else 256
+  return 16 if jax.default_backend() == "cpu" else 256
 
 
 def cache_dir() -> str:
   """The cache root (see module docstring); created on first use."""
-  root = os.environ.get('VAEGAN_CACHE_DIR')
+  root = os.environ.get("VAEGAN_CACHE_DIR")
   if not root:
-    xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    root = os.path.join(xdg, 'vaegan_jax')
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(xdg, "vaegan_jax")
   return os.path.abspath(root)
 
 
@@ -104,8 +105,8 @@ def digest(obj: Any) -> str:
 
 def data_fingerprint(data_config: Any) -> dict:
   """The data fields that decide what images a split holds, after preprocessing."""
-  keys = ('name', 'image_size', 'channels', 'num_examples', 'data_dir', 'manual_dir', 'folder',
-          'label_attributes', 'crop_seed')
+  keys = ("name", "image_size", "channels", "num_examples", "data_dir", "manual_dir", "folder",
+          "label_attributes", "crop_seed")
   return {k: data.config_value(data_config, k) for k in keys}
 
 
@@ -113,7 +114,7 @@ def data_fingerprint(data_config: Any) -> dict:
 def file_lock(path: str):
   """An exclusive lock on ``path`` (other processes wait: one trains, the rest reuse)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a+') as f:
+  with open(path, "a+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
@@ -141,23 +142,23 @@ def classifier_config(data_config: Any, info: data.DatasetInfo
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(data_config))
-  if 'label_attributes' in c.data:  # The same classifier for conditional runs.
+  if "label_attributes" in c.data:  # The same classifier for conditional runs.
     c.data.label_attributes = False
-  c.data.hflip = bool(data.config_value(data_config, 'hflip', False))
-  c.data.train_split = data.config_value(data_config, 'train_split', 'train')
-  c.data.eval_split = data.config_value(data_config, 'eval_split', None) or ''
-  if info.name == 'digits':
+  c.data.hflip = bool(data.config_value(data_config, "hflip", False))
+  c.data.train_split = data.config_value(data_config, "train_split", "train")
+  c.data.eval_split = data.config_value(data_config, "eval_split", None) or ""
+  if info.name == "digits":
     first, widths, dense, steps = 16, (32, 64, 64), 128, 200
-  elif info.name == 'photos' and int(data_config.image_size) <= 32:
+  elif info.name == "photos" and int(data_config.image_size) <= 32:
     first, widths, dense, steps = 16, (32, 64, 64), 128, 800
   elif int(data_config.image_size) <= 32:
     first, widths, dense, steps = 32, (32, 64, 128), 128, 6000
   else:
     first, widths, dense, steps = 32, (64, 128, 256), 512, 20_000
   c.model = ml_collections.ConfigDict(dict(
-      labels='classes' if info.num_classes else 'attributes',
+      labels="classes" if info.num_classes else "attributes",
       num_classes=info.num_classes, num_attributes=len(info.attribute_names),
-      first=first, widths=widths, dense=dense, bn_momentum=0.9, conv_impl='auto'))
+      first=first, widths=widths, dense=dense, bn_momentum=0.9, conv_impl="auto"))
   c.batch_size = 64
   c.learning_rate = 1e-3
   c.num_train_steps = steps
@@ -187,71 +188,72 @@ def classifier_features(data_config: Any, *, directory: Optional[str] = None
   """
   info = data.validate(data_config)
   if not info.num_classes and not info.attribute_names:
-    raise FeatureError(f'Dataset {info.name!r} has neither class labels nor attributes, so '
-                       'no classifier can be trained for features: pass --inception_weights '
-                       '(see experiments/convert_inception_weights.py).')
+    raise FeatureError(f"Dataset {info.name!r} has neither class labels nor attributes, so "
+                       "no classifier can be trained for features: pass --inception_weights "
+                       "(see experiments/convert_inception_weights.py).")
   config = classifier_config(data_config, info)
   if directory is None:
-    key = digest({'data': data_fingerprint(data_config), 'classifier': config.to_dict()})
-    directory = os.path.join(cache_dir(), 'classifiers', f'{info.name}_{key}')
-  with file_lock(directory + '.lock'):
+    key = digest({"data": data_fingerprint(data_config), "classifier": config.to_dict()})
+    directory = os.path.join(cache_dir(), "classifiers", f"{info.name}_{key}")
+  with file_lock(directory + ".lock"):
     clf = _trained_classifier(config, directory, info)
   clf.chunk_size = inference_chunk()
-  meta_path = os.path.join(directory, 'heldout_accuracy.json')
+  meta_path = os.path.join(directory, "heldout_accuracy.json")
   meta = {}
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-  name = f'{info.name}_classifier'
-  num_classes = clf.arch.num_classes if clf.arch.labels == 'classes' else 0
+  name = f"{info.name}_classifier"
+  num_classes = clf.arch.num_classes if clf.arch.labels == "classes" else 0
 
   def fn(images):
     logits, feats = clf.logits_and_features(images)
-    out = {'features': feats}
+    out = {"features": feats}
     if num_classes:
-      out['probs'] = clf.probs_from_logits(logits)
+      out["probs"] = clf.probs_from_logits(logits)
     return out
 
   return FeatureExtractor(name=name, fingerprint=_params_fingerprint(clf.variables), fn=fn,
                           num_classes=num_classes,
-                          info={'classifier_dir': directory, 'classifier_step': clf.step, **meta})
+                          info={"classifier_dir": directory, "classifier_step": clf.step, **meta})
 
 
-def _trained_classifier(config, directory: str, info) -> ac.Classifier:
-  workdir = directory  # ac keeps its checkpoints in workdir/classifier.
+def _trained_classifier(config, directory: str, info) -> classifier.Classifier:
+  workdir = directory  # The classifier keeps its checkpoints in workdir/classifier.
   done, started = False, 0
-  if os.path.isdir(ac.classifier_dir(workdir)):
+  if os.path.isdir(classifier.classifier_dir(workdir)):
     try:
-      clf, _ = ac.restore(workdir)
+      clf, _ = classifier.restore(workdir)
       done, started = clf.step >= int(config.num_train_steps), clf.step
-    except ac.ClassifierError as e:
-      logging.warning('Cached classifier in %s unreadable (%s): retraining.', directory, e)
+    except classifier.ClassifierError as e:
+      logging.warning("Cached classifier in %s unreadable (%s): retraining.", directory, e)
   if not done:
-    logging.info('Training the %s classifier for evaluation features (%d steps, once; '
-                 'cached in %s).', info.name, config.num_train_steps, directory)
-    clf = ac.train_and_evaluate(config, workdir)
+    logging.info("Training the %s classifier for evaluation features (%d steps, once; "
+                 "cached in %s).", info.name, config.num_train_steps, directory)
+    clf = classifier.train_and_evaluate(config, workdir)
     if clf.step < int(config.num_train_steps):  # SIGTERM/SIGINT: saved, not finished.
-      saved = (f'its checkpoint {clf.step} is saved in {ac.classifier_dir(workdir)}'
-               if clf.step > started else 'before a new step: nothing new was saved')
-      raise trainer_utils.Preempted(
-          f'Preempted while training the {info.name} feature classifier (step {clf.step} of '
-          f'{config.num_train_steps}, {saved}); rerun to resume.')
+      saved = (f"its checkpoint {clf.step} is saved in {classifier.classifier_dir(workdir)}"
+               if clf.step > started else "before a new step: nothing new was saved")
+      raise loop.Preempted(
+          f"Preempted while training the {info.name} feature classifier (step {clf.step} of "
+          f"{config.num_train_steps}, {saved}); rerun to resume.")
     eval_split = config.data.eval_split
     if eval_split:
       from vaegan_jax import sampling  # pylint: disable=g-import-not-at-top
-      result = ac.evaluate(clf, sampling.dataset_batches(config.data, eval_split, 256, 2 ** 62))
-      meta = {'classifier_heldout_split': eval_split,
-              'classifier_heldout_accuracy': result['accuracy']}
-      write_json_atomic(os.path.join(directory, 'heldout_accuracy.json'), meta)
-      logging.info('Classifier accuracy on held-out %r: %.4f.', eval_split, result['accuracy'])
+      result = classifier.evaluate(
+          clf, sampling.dataset_batches(config.data, eval_split, 256, 2 ** 62))
+      meta = {"classifier_heldout_split": eval_split,
+              "classifier_heldout_accuracy": result["accuracy"]}
+      write_json_atomic(os.path.join(directory, "heldout_accuracy.json"), meta)
+      logging.info("Classifier accuracy on held-out %r: %.4f.", eval_split, result["accuracy"])
   return clf
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """json.dump to a temporary file, then rename: readers never see half a file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
 
@@ -269,24 +271,24 @@ def inception_features(weights: str) -> FeatureExtractor:
   histograms over ImageNet's classes say nothing about faces or digits.
   """
   from vaegan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  path = check_request('inception', weights)
-  with open(path, 'rb') as f:
+  path = check_request("inception", weights)
+  with open(path, "rb") as f:
     fingerprint = hashlib.sha1(f.read()).hexdigest()[:16]
   try:
     net = inception.InceptionFeatures.from_npz(path, batch_size=50)
   except inception.WeightsError as e:
     raise FeatureError(str(e)) from e
-  fc_bias = np.asarray(net.variables['params']['fc']['bias'], np.float32)
+  fc_bias = np.asarray(net.variables["params"]["fc"]["bias"], np.float32)
 
   def fn(images):
     pool3, logits = net.features_and_logits(images)
     logits = np.asarray(logits, np.float32) - fc_bias  # the reference IS code has no bias
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)), np.float32)
-    return {'features': np.asarray(pool3, np.float32), 'inception_probs': probs}
+    return {"features": np.asarray(pool3, np.float32), "inception_probs": probs}
 
   return FeatureExtractor(name=net.name, fingerprint=fingerprint, fn=fn,
-                          info={'inception_weights': path,
-                                **{f'inception_{k}': str(v) for k, v in net.meta.items()}})
+                          info={"inception_weights": path,
+                                **{f"inception_{k}": str(v) for k, v in net.meta.items()}})
 
 
 # ----------------------------------------------------------------------------
@@ -297,19 +299,19 @@ def check_request(kind: str, inception_weights: Optional[str] = None) -> Optiona
   """Cheap checks of a feature request (no network is built); returns the weights path
   that Inception will use, or None. Raises FeatureError."""
   if kind not in FEATURE_KINDS:
-    raise FeatureError(f'--features must be one of {FEATURE_KINDS}, got {kind!r}.')
+    raise FeatureError(f"--features must be one of {FEATURE_KINDS}, got {kind!r}.")
   weights = inception_weights or os.environ.get(INCEPTION_ENV) or None
-  if kind == 'classifier' or not (kind == 'inception' or weights):
+  if kind == "classifier" or not (kind == "inception" or weights):
     return None
   if not weights:
-    raise FeatureError('--features=inception needs --inception_weights=PATH.npz (or '
+    raise FeatureError("--features=inception needs --inception_weights=PATH.npz (or "
                        f'${INCEPTION_ENV}); convert pytorch-fid\'s .pth once with `python -m '
-                       'experiments.convert_inception_weights`.')
+                       "experiments.convert_inception_weights`.")
   path = os.path.abspath(os.path.expanduser(weights))
   if not os.path.isfile(path):
     raise FeatureError(f'Inception weights {path} not found: convert pytorch-fid\'s '
-                       'pt_inception-2015-12-05-*.pth once with `python -m '
-                       'experiments.convert_inception_weights --pth=... --out=...npz`.')
+                       "pt_inception-2015-12-05-*.pth once with `python -m "
+                       "experiments.convert_inception_weights --pth=... --out=...npz`.")
   return path
 
 
@@ -321,12 +323,12 @@ def resolve(kind: str, data_config: Any, *, inception_weights: Optional[str] = N
   """
   weights = check_request(kind, inception_weights)
   if weights:
-    return inception_features(weights), ''
+    return inception_features(weights), ""
   info = data.validate(data_config)
   if info.num_classes or info.attribute_names:
-    return classifier_features(data_config, directory=classifier_dir), ''
-  why = (f'no FID/KID/precision/recall: dataset {info.name!r} has no labels to train a '
-         'feature classifier on and no Inception weights were given (--inception_weights)')
-  if kind == 'classifier':
-    raise FeatureError(why[len('no FID/KID/precision/recall: '):].capitalize() + '.')
+    return classifier_features(data_config, directory=classifier_dir), ""
+  why = (f"no FID/KID/precision/recall: dataset {info.name!r} has no labels to train a "
+         "feature classifier on and no Inception weights were given (--inception_weights)")
+  if kind == "classifier":
+    raise FeatureError(why[len("no FID/KID/precision/recall: "):].capitalize() + ".")
   return None, why

@@ -78,6 +78,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegan_jax.runtime.errors import UserError
+
 Array = jax.Array
 
 INPUT_SIZE = 299
@@ -91,7 +93,7 @@ CONVERT_HINT = ("convert pytorch-fid's " + FID_WEIGHTS_FILE + " once with `pytho
                 "experiments.convert_inception_weights --pth=PATH.pth --out=PATH.npz`")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
   """Unusable Inception weights; one-line message naming the fix."""
 
 

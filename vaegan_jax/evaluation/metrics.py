@@ -26,6 +26,9 @@ float64 on the host (SciPy), as the reference implementations do.
   formula in the classifier's classes, exp(E_x KL(p(y|x) || p(y))), named
   ``classifier_score`` (not comparable with published Inception scores), the mean confidence, class coverage
   and the total-variation distance between predicted class histograms.
+* ``attribute_similarity``: the paper's Sec. 5.3 scores of attribute vectors
+  y (N, A) against a classifier's predicted probabilities p (N, A): the mean
+  cosine similarity and the MSE; ``binary_accuracy`` of p thresholded at 0.5.
 * ``pixel_metrics``: MSE on the [0, 1] scale and PSNR (peak 1).
 """
 
@@ -53,7 +56,7 @@ def gaussian_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
   """(mu (D,), sigma (D, D)) in float64, sigma the unbiased covariance (N - 1)."""
   f = np.asarray(features, np.float64)
   if f.ndim != 2 or f.shape[0] < 2:
-    raise ValueError(f'Need features of shape (N, D) with N >= 2, got {f.shape}.')
+    raise ValueError(f"Need features of shape (N, D) with N >= 2, got {f.shape}.")
   return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
@@ -69,7 +72,7 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 def _trace_sqrt_product_sqrtm(sigma1, sigma2, eps: float) -> Optional[float]:
   """The reference implementations' route; None where its root is complex."""
   with warnings.catch_warnings():
-    warnings.simplefilter('ignore')  # scipy warns on singular products.
+    warnings.simplefilter("ignore")  # scipy warns on singular products.
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
       offset = np.eye(sigma1.shape[0]) * eps
@@ -84,7 +87,7 @@ def _trace_sqrt_product_sqrtm(sigma1, sigma2, eps: float) -> Optional[float]:
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *,
-                     eps: float = 1e-6, method: str = 'sqrtm') -> float:
+                     eps: float = 1e-6, method: str = "sqrtm") -> float:
   """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
   Args:
@@ -98,11 +101,11 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *,
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-    raise ValueError(f'Mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma '
-                     f'{s1.shape} vs {s2.shape}.')
-  if method not in ('sqrtm', 'eigh'):
+    raise ValueError(f"Mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma "
+                     f"{s1.shape} vs {s2.shape}.")
+  if method not in ("sqrtm", "eigh"):
     raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}.")
-  tr = _trace_sqrt_product_sqrtm(s1, s2, eps) if method == 'sqrtm' else None
+  tr = _trace_sqrt_product_sqrtm(s1, s2, eps) if method == "sqrtm" else None
   if tr is None:
     tr = _trace_sqrt_product_eigh(s1, s2)
   diff = mu1 - mu2
@@ -141,10 +144,10 @@ def kernel_inception_distance(real: Any, fake: Any, *, num_subsets: int = 100,
   x = np.asarray(real, np.float32)
   y = np.asarray(fake, np.float32)
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-    raise ValueError(f'Need (N, D) features of the same D, got {x.shape} and {y.shape}.')
+    raise ValueError(f"Need (N, D) features of the same D, got {x.shape} and {y.shape}.")
   m = min(int(subset_size), x.shape[0], y.shape[0])
   if m < 2:
-    raise ValueError(f'KID needs at least 2 samples per set, got {x.shape[0]} and {y.shape[0]}.')
+    raise ValueError(f"KID needs at least 2 samples per set, got {x.shape[0]} and {y.shape[0]}.")
   rng = np.random.default_rng(seed)
   values = []
   for _ in range(int(num_subsets)):
@@ -153,8 +156,8 @@ def kernel_inception_distance(real: Any, fake: Any, *, num_subsets: int = 100,
     sxx, syy, sxy = (float(v) for v in _kernel_sums(xs.astype(np.float32), ys.astype(np.float32)))
     values.append((sxx + syy) / (m * (m - 1)) - 2.0 * sxy / (m * m))
   values = np.asarray(values)
-  return {'kid': float(values.mean()), 'kid_std': float(values.std()),
-          'kid_subset_size': m}
+  return {"kid": float(values.mean()), "kid_std": float(values.std()),
+          "kid_subset_size": m}
 
 
 # ----------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def knn_radii(features: Any, k: int = 3) -> np.ndarray:
   f = jnp.asarray(features, jnp.float32)
   n = f.shape[0]
   if n <= k:
-    raise ValueError(f'Need more than k={k} samples, got {n}.')
+    raise ValueError(f"Need more than k={k} samples, got {n}.")
   out = []
   for s, e in _blocks(n):
     # k: the row itself is its own nearest neighbour at distance 0 (index 0).
@@ -209,9 +212,9 @@ def precision_recall(real: Any, fake: Any, *, k: int = 3) -> dict[str, float]:
   real = np.asarray(real, np.float32)
   fake = np.asarray(fake, np.float32)
   if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-    raise ValueError(f'Need (N, D) features of the same D, got {real.shape} and {fake.shape}.')
-  return {'precision': _fraction_inside(fake, real, knn_radii(real, k)),
-          'recall': _fraction_inside(real, fake, knn_radii(fake, k))}
+    raise ValueError(f"Need (N, D) features of the same D, got {real.shape} and {fake.shape}.")
+  return {"precision": _fraction_inside(fake, real, knn_radii(real, k)),
+          "recall": _fraction_inside(real, fake, knn_radii(fake, k))}
 
 
 # ----------------------------------------------------------------------------
@@ -233,20 +236,20 @@ def classifier_scores(probs: Any, reference_probs: Optional[Any] = None) -> dict
   """
   p = np.asarray(probs, np.float64)
   if p.ndim != 2 or p.shape[0] < 1:
-    raise ValueError(f'Need probabilities of shape (N, C), got {p.shape}.')
+    raise ValueError(f"Need probabilities of shape (N, C), got {p.shape}.")
   n, c = p.shape
   p = np.clip(p, 1e-12, 1.0)
   p = p / p.sum(axis=1, keepdims=True)
   marginal = p.mean(axis=0)
   kl = np.sum(p * (np.log(p) - np.log(marginal)[None, :]), axis=1)
   hist = np.bincount(np.argmax(p, axis=1), minlength=c) / n
-  out = {'classifier_score': float(np.exp(kl.mean())),
-         'confidence': float(p.max(axis=1).mean()),
-         'class_coverage': float(np.mean(hist >= 1.0 / (2 * c)))}
+  out = {"classifier_score": float(np.exp(kl.mean())),
+         "confidence": float(p.max(axis=1).mean()),
+         "class_coverage": float(np.mean(hist >= 1.0 / (2 * c)))}
   if reference_probs is not None:
     r = np.asarray(reference_probs, np.float64)
     ref_hist = np.bincount(np.argmax(r, axis=1), minlength=c) / r.shape[0]
-    out['class_tv'] = float(0.5 * np.abs(hist - ref_hist).sum())
+    out["class_tv"] = float(0.5 * np.abs(hist - ref_hist).sum())
   return out
 
 
@@ -261,13 +264,58 @@ def inception_score(probs: Any, splits: int = 10) -> dict[str, float]:
   """
   p = np.asarray(probs, np.float64)
   if p.ndim != 2 or p.shape[0] < splits:
-    raise ValueError(f'Need probabilities (N, C) with N >= splits={splits}, got {p.shape}.')
+    raise ValueError(f"Need probabilities (N, C) with N >= splits={splits}, got {p.shape}.")
   scores = []
   for part in np.array_split(p, splits):
     part = np.clip(part, 1e-12, 1.0)
     marginal = part.mean(axis=0, keepdims=True)
     scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(marginal)), axis=1))))
-  return {'inception_score': float(np.mean(scores)), 'inception_score_std': float(np.std(scores))}
+  return {"inception_score": float(np.mean(scores)), "inception_score_std": float(np.std(scores))}
+
+
+# ----------------------------------------------------------------------------
+# Attribute similarity (paper Sec. 5.3).
+#
+# For targets y (N, A) (attribute vectors in {0, 1}, or one-hot classes) and
+# predicted probabilities p (N, A) in [0, 1]:
+#
+#   cosine = (1/N) sum_i  <y_i, p_i> / (|y_i| |p_i|)   (mean of per-example
+#            cosines; an example with |y_i| |p_i| = 0, e.g. no positive label,
+#            counts as cosine 0 and is reported in ``num_zero_norm``)
+#   mse    = (1/(N A)) sum_{i,a} (y_ia - p_ia)^2          (mean over all entries)
+#
+# Probabilities, not thresholded 0/1 predictions, are compared, so a confident
+# wrong prediction costs more than an unsure one.
+
+
+def attribute_similarity(y: Any, pred: Any) -> dict[str, float]:
+  """Cosine similarity and MSE between attribute labels and predictions.
+
+  Args:
+    y: (N, A) target attributes, {0, 1} (any reals work).
+    pred: (N, A) predicted attribute probabilities in [0, 1].
+  Returns:
+    dict with 'cosine': mean over examples of cos(y_i, pred_i) (an example
+    whose y_i or pred_i is all zero contributes 0); 'mse': mean over all N*A
+    entries of (y - pred)^2; 'num_examples': N; 'num_zero_norm': how many
+    examples had a zero-norm y_i or pred_i. Computed in float64 on the host.
+  """
+  y = np.asarray(y, np.float64)
+  p = np.asarray(pred, np.float64)
+  if y.ndim != 2 or y.shape != p.shape or y.shape[0] == 0:
+    raise ValueError(f"Need y and pred of the same shape (N, A), N > 0; got "
+                     f"{y.shape} and {p.shape}.")
+  dot = np.sum(y * p, axis=1)
+  denom = np.linalg.norm(y, axis=1) * np.linalg.norm(p, axis=1)
+  zero = denom == 0
+  cos = np.where(zero, 0.0, dot / np.where(zero, 1.0, denom))
+  return dict(cosine=float(np.mean(cos)), mse=float(np.mean((y - p) ** 2)),
+              num_examples=int(y.shape[0]), num_zero_norm=int(np.sum(zero)))
+
+
+def binary_accuracy(y: Any, pred: Any) -> float:
+  """Mean over all entries of [pred > 0.5] == [y > 0.5]; y and pred (N, A)."""
+  return float(np.mean((np.asarray(pred) > 0.5) == (np.asarray(y) > 0.5)))
 
 
 # ----------------------------------------------------------------------------
@@ -283,10 +331,10 @@ def pixel_metrics(x: Any, x_tilde: Any) -> dict[str, float]:
   a = (np.asarray(x, np.float64) + 1.0) / 2.0
   b = (np.asarray(x_tilde, np.float64) + 1.0) / 2.0
   if a.shape != b.shape or a.ndim != 4:
-    raise ValueError(f'Need two (N, H, W, C) arrays of one shape, got {a.shape} and {b.shape}.')
+    raise ValueError(f"Need two (N, H, W, C) arrays of one shape, got {a.shape} and {b.shape}.")
   per_image = np.mean((a - b) ** 2, axis=(1, 2, 3))
   psnr = 10.0 * np.log10(1.0 / np.maximum(per_image, 1e-10))
-  return {'mse': float(per_image.mean()), 'psnr': float(psnr.mean())}
+  return {"mse": float(per_image.mean()), "psnr": float(psnr.mean())}
 
 
 # ----------------------------------------------------------------------------
@@ -308,7 +356,7 @@ def grey(images: Any) -> np.ndarray:
   """(N, H, W, C) images in [-1, 1] -> (N, H, W) float64 grey levels in [0, 1]."""
   x = np.asarray(images, np.float64)
   if x.ndim != 4:
-    raise ValueError(f'Need images of shape (N, H, W, C), got {x.shape}.')
+    raise ValueError(f"Need images of shape (N, H, W, C), got {x.shape}.")
   return (x.mean(axis=-1) + 1.0) / 2.0
 
 
@@ -327,13 +375,13 @@ def laplacian_variance(images: Any) -> np.ndarray:
 def _window(h: int, w: int, window: Optional[str]) -> np.ndarray:
   if window is None:
     return np.ones((h, w))
-  if window != 'hann':
+  if window != "hann":
     raise ValueError(f"window must be 'hann' or None, got {window!r}.")
   # Periodic Hann (the DFT's own): a sum of three pure frequencies.
   return np.outer(np.hanning(h + 1)[:-1], np.hanning(w + 1)[:-1])
 
 
-def power_spectrum(images: Any, *, window: Optional[str] = 'hann'
+def power_spectrum(images: Any, *, window: Optional[str] = "hann"
                    ) -> tuple[np.ndarray, np.ndarray]:
   """Per image: the 2-D power spectrum of the mean-removed, windowed grey image.
 
@@ -353,11 +401,11 @@ def power_spectrum(images: Any, *, window: Optional[str] = 'hann'
   win = _window(h, w, window)
   g = (g - g.mean(axis=(1, 2), keepdims=True)) * win
   power = np.abs(np.fft.fft2(g)) ** 2 / np.sum(win ** 2)
-  fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing='ij')
+  fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
   return power, np.hypot(fy, fx)
 
 
-def radial_power_spectrum(images: Any, *, window: Optional[str] = 'hann'
+def radial_power_spectrum(images: Any, *, window: Optional[str] = "hann"
                           ) -> tuple[np.ndarray, np.ndarray]:
   """The radially averaged power spectrum, averaged over images.
 
@@ -376,7 +424,7 @@ def radial_power_spectrum(images: Any, *, window: Optional[str] = 'hann'
 
 
 def high_frequency_energy(images: Any, *, band: tuple[float, float] = HIGH_FREQUENCY_BAND,
-                          window: Optional[str] = 'hann') -> np.ndarray:
+                          window: Optional[str] = "hann") -> np.ndarray:
   """Per image: the mean power over the frequencies with band[0] <= |f| <= band[1].
 
   Args: images (N, H, W, C) in [-1, 1]. Returns: (N,) float64.
@@ -395,9 +443,9 @@ def sharpness_metrics(images: Any, reference: Optional[dict[str, float]] = None
   'sharpness_laplacian' and 'sharpness_spectral' (1.0 = as sharp as the
   reference; below 1: blurrier).
   """
-  out = {'laplacian_variance': float(laplacian_variance(images).mean()),
-         'hf_energy': float(high_frequency_energy(images).mean())}
+  out = {"laplacian_variance": float(laplacian_variance(images).mean()),
+         "hf_energy": float(high_frequency_energy(images).mean())}
   if reference is not None:
-    out['sharpness_laplacian'] = out['laplacian_variance'] / reference['laplacian_variance']
-    out['sharpness_spectral'] = out['hf_energy'] / reference['hf_energy']
+    out["sharpness_laplacian"] = out["laplacian_variance"] / reference["laplacian_variance"]
+    out["sharpness_spectral"] = out["hf_energy"] / reference["hf_energy"]
   return out

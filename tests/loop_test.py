@@ -1,12 +1,12 @@
-"""trainer_utils.Progress: the rate and ETA of each log window, without the compiling step."""
+"""loop.Progress: the rate and ETA of each log window, without the compiling step."""
 
-from vaegan_jax import trainer_utils
+from vaegan_jax.runtime import loop
 
 
 def test_progress_rates_exclude_compiling_and_reset_each_window(monkeypatch):
   clock = [100.0]
-  monkeypatch.setattr(trainer_utils.time, "time", lambda: clock[0])
-  p = trainer_utils.Progress(start=10, total=110, batch_size=4)
+  monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+  p = loop.Progress(start=10, total=110, batch_size=4)
   clock[0] += 30.0  # Compiling step 11: not part of any rate.
   p.compiled(11)
   assert p.window(11) == ({}, "")  # Only the compiling step so far.
@@ -24,21 +24,21 @@ def test_a_signal_caught_by_a_nested_stop_request_reaches_the_enclosing_one():
   caught as it finished must still stop the trainer (it was lost before)."""
   import os  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
-  with trainer_utils.StopRequest() as outer:
-    with trainer_utils.StopRequest() as inner:
+  with loop.StopRequest() as outer:
+    with loop.StopRequest() as inner:
       os.kill(os.getpid(), signal.SIGTERM)
       assert inner.requested
     assert outer.requested and outer.signal_name == "SIGTERM"
-  with trainer_utils.StopRequest() as outer:
-    with trainer_utils.StopRequest():
+  with loop.StopRequest() as outer:
+    with loop.StopRequest():
       pass
     assert not outer.requested
 
 
 def test_progress_reports_the_share_of_the_window_spent_waiting_for_input(monkeypatch):
   clock = [0.0]
-  monkeypatch.setattr(trainer_utils.time, "time", lambda: clock[0])
-  p = trainer_utils.Progress(start=0, total=100, batch_size=8)
+  monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+  p = loop.Progress(start=0, total=100, batch_size=8)
   p.compiled(1)
   clock[0] += 4.0
   p.waited(1.0)
@@ -52,10 +52,10 @@ def test_progress_reports_the_share_of_the_window_spent_waiting_for_input(monkey
 def test_an_unused_gpu_or_tpu_is_named_with_the_install_command(monkeypatch):
   monkeypatch.delenv("JAX_PLATFORMS", raising=False)
   gpu = lambda path: path == "/dev/nvidiactl"
-  assert "pip install -e '.[cuda12]'" in trainer_utils.unused_accelerator("cpu", gpu)
-  assert trainer_utils.unused_accelerator("gpu", gpu) == ""
+  assert "pip install -e '.[cuda12]'" in loop.unused_accelerator("cpu", gpu)
+  assert loop.unused_accelerator("gpu", gpu) == ""
   tpu = lambda path: path == "/dev/accel0"
-  assert "pip install -e '.[tpu]'" in trainer_utils.unused_accelerator("cpu", tpu)
-  assert trainer_utils.unused_accelerator("cpu", lambda path: False) == ""
+  assert "pip install -e '.[tpu]'" in loop.unused_accelerator("cpu", tpu)
+  assert loop.unused_accelerator("cpu", lambda path: False) == ""
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert trainer_utils.unused_accelerator("cpu", gpu) == ""
+  assert loop.unused_accelerator("cpu", gpu) == ""

@@ -1,6 +1,7 @@
-"""What every binary shares: flag parsing with one-line errors, a quiet console.
+"""What every binary shares: flag parsing with one-line errors, a quiet console,
+``UserError`` caught in one place (``run``).
 
-``cli.define_config_file`` and ``app.run(main, flags_parser=cli.parse_flags)`` turn a bad ``--config.*``
+``cli.define_config_file`` and ``cli.run(main)`` turn a bad ``--config.*``
 override (a typo'd field, a value of the wrong type, a config file that
 doesn't load) into one ``error:`` line with ml_collections' "did you mean"
 hint, instead of three chained tracebacks from inside absl.
@@ -12,10 +13,17 @@ import ast
 import logging as py_logging
 import os
 import sys
+from typing import Any, Callable
 
+from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from vaegan_jax.runtime import errors
+from vaegan_jax.runtime import io_errors
+
+FlagError = errors.FlagError  # The binaries raise it for a bad flag value (exit status 2).
 
 
 def _one_line(e: BaseException) -> str:
@@ -56,8 +64,8 @@ def _fail(e: BaseException, argv: list[str]) -> None:
 flags.DEFINE_bool("verbose", False, "Also show other libraries' INFO lines (Orbax, JAX), "
                   "which are hidden by default; their warnings and errors always show.")
 
-_OWN = tuple(os.path.dirname(os.path.abspath(m)) + os.sep for m in (
-    __file__, os.path.join(os.path.dirname(__file__), "..", "experiments", "x")))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), "experiments") + os.sep)
 # Orbax warns about options that a read-only manager sets on purpose.
 _NOISE = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
 
@@ -146,3 +154,21 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: --{name}: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
   return rest
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """The binaries' entry point: ``app.run(main)`` with one-line flag errors.
+
+  Installs the quiet console (``parse_flags``) and the I/O hooks
+  (``io_errors.install_quiet_hooks``) first, and turns a ``UserError`` from
+  ``main`` into one ``error: <message>`` line on stderr with the error's exit
+  status (1; 2 for a ``FlagError``): no traceback.
+  """
+  def guarded(argv: list[str]) -> None:
+    io_errors.install_quiet_hooks()
+    try:
+      main(argv)
+    except errors.UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(e.exit_code)
+  app.run(guarded, flags_parser=parse_flags)

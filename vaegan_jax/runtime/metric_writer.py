@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 import numpy as np
 from absl import logging
 
-from vaegan_jax import image_grid
+from vaegan_jax.runtime import image_grid
 
 
 class MetricWriter:

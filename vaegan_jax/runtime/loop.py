@@ -1,6 +1,6 @@
 """Pieces every training loop here shares: preemption, steps in flight, progress.
 
-``train.py`` (the VAE-GAN) and ``attribute_classifier.py`` (the Sec. 5.3 and
+``train.py`` (the VAE-GAN) and ``classifier/train.py`` (the Sec. 5.3 and
 evaluation-feature classifier) both stop cleanly on SIGTERM/SIGINT through
 ``StopRequest`` and keep at most two steps in flight through ``InFlight``, so
 that a stop request waits for one step, not for hundreds dispatched ahead;
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from vaegan_jax import parallel
+from vaegan_jax.runtime import parallel
 
 
 def unused_accelerator(backend: str, exists=os.path.exists) -> str:
@@ -89,12 +89,12 @@ class StopRequest:
                       if signum == signal.SIGINT else "")
     self.requested, self.signal_name = True, self.signal_name or name
 
-  def agreed(self, rstate) -> bool:
+  def agreed(self, replicated) -> bool:
     """Whether every process stops before the next step (same answer on all)."""
     if jax.process_count() == 1:
       return self.requested
     flag = parallel.replicate(np.int32(self.requested))
-    previous, self._in_flight = self._in_flight, _agree_fn()(flag, rstate.step)
+    previous, self._in_flight = self._in_flight, _agree_fn()(flag, replicated.step)
     if previous is None:
       return False
     agreed = bool(parallel.unreplicate(previous))
@@ -156,7 +156,7 @@ class Progress:
 
   def __init__(self, start: int, total: int, batch_size: int):
     self.total, self.batch_size = int(total), int(batch_size)
-    self._t, self._step = time.time(), int(start)
+    self._window_start, self._step = time.time(), int(start)
     self._wait_s, self._timed_input, self._compiled = 0.0, False, False
 
   def waited(self, seconds: float) -> None:
@@ -170,8 +170,8 @@ class Progress:
 
   def compiled(self, step: int, what: str = "step") -> None:
     self._compiled = True
-    logging.info("Compiled and ran %s %d in %.1f s.", what, step, time.time() - self._t)
-    self._t, self._step, self._wait_s = time.time(), int(step), 0.0
+    logging.info("Compiled and ran %s %d in %.1f s.", what, step, time.time() - self._window_start)
+    self._window_start, self._step, self._wait_s = time.time(), int(step), 0.0
 
   def window(self, step: int) -> tuple[dict, str]:
     """({'images_per_sec': r}, '| r img/s, ETA m min'), or ({}, '') for the compiling step alone.
@@ -179,9 +179,9 @@ class Progress:
     With input timed (``waited``), also 'input_wait_fraction': the share of the
     window the loop spent waiting for batches (0 when the input keeps ahead).
     """
-    dt, done = time.time() - self._t, int(step) - self._step
+    dt, done = time.time() - self._window_start, int(step) - self._step
     wait, self._wait_s = self._wait_s, 0.0
-    self._t, self._step = time.time(), int(step)
+    self._window_start, self._step = time.time(), int(step)
     if done <= 0:
       return {}, ""
     ips = done * self.batch_size / max(dt, 1e-9)

@@ -29,6 +29,7 @@ their true labels are the reference row.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -39,14 +40,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vaegan_jax import checkpoint
-from vaegan_jax import image_grid
 from vaegan_jax import data as data_lib
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
 from vaegan_jax.evaluation import metrics
+from vaegan_jax.runtime import checkpoint
+from vaegan_jax.runtime import image_grid
 
 KINDS = ("vae", "vae_dis_l", "vaegan", "gan")
 CONDITIONAL_KINDS = ("gan", "vae", "vaegan")
@@ -99,10 +100,14 @@ def spectrum_bands(images: Any, reference: Any) -> list[float]:
 
 
 def conditional_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-  """The paper's Table 1 scores of predicted probabilities ``probs`` (N, K) for targets y (N, K)."""
+  """The paper's Table 1 scores of predicted probabilities ``probs`` (N, K) for targets y (N, K).
+
+  'cosine' and 'mse' as ``metrics.attribute_similarity``; 'accuracy': how
+  often the most probable class is the target's.
+  """
   y, p = np.asarray(y, np.float64), np.asarray(probs, np.float64)
-  cos = (y * p).sum(1) / np.maximum(np.linalg.norm(y, axis=1) * np.linalg.norm(p, axis=1), 1e-12)
-  return {"cosine": float(cos.mean()), "mse": float(((y - p) ** 2).mean()),
+  similarity = metrics.attribute_similarity(y, p)
+  return {"cosine": similarity["cosine"], "mse": similarity["mse"],
           "accuracy": float((y.argmax(1) == p.argmax(1)).mean())}
 
 
@@ -178,7 +183,7 @@ def evaluate_run(workdir: str, config, extractor, *, num: int, seed: int, held: 
   steps = sorted(mngr.all_steps()) if all_steps else [mngr.latest_step()]
   out = {}
   for step in steps:
-    state, _ = checkpoint.restore_for_inference(workdir, step)
+    state, _ = sampling.restore_for_inference(workdir, step)
     report = evaluator.evaluate_state(state, config, num=num, extractor=extractor, seed=seed)
     s, r = report.get("samples", {}), report.get("reconstructions", {})
     row = {"step": int(step), "fid": s.get("fid"), "kid": s.get("kid"),
@@ -360,37 +365,10 @@ def claims(results: dict) -> list[str]:
   """
   runs, out = results["runs"], []
   kinds = {r["kind"] for r in runs.values()}
-  m = lambda k, key: _stats(runs, k, key)[0]  # noqa: E731
+  m = functools.partial(_means, runs)
   has_hf = all(m(k, "recon_hf") == m(k, "recon_hf") for k in kinds - {"gan"})  # not NaN
-
-  def pair(key, fmt="{:.2f}"):
-    return lambda k: fmt.format(m(k, key))
-
-  def measures(prefix):
-    return [(f"{prefix}_sharpness", "Laplacian")] + ([(f"{prefix}_hf", "HF energy")]
-                                                    if has_hf else [])
-
   if {"vae", "vae_dis_l"} <= kinds:
-    vae_blurs = [_below(runs, "vae", key) for key, _ in measures("recon")]
-    if "holds" not in vae_blurs:
-      # No blur to remove: a higher ratio is then noise, not detail.
-      out.append("Learned similarity (Dis_l) gives sharper reconstructions than the pixel-wise VAE: "
-                 "**not testable on this data** (the VAE's reconstructions are not blurrier than "
-                 "the real images: " + "; ".join(
-                     f"{name} {m('vae', key):.2f} of real, VAE_Dis_l {m('vae_dis_l', key):.2f}"
-                     for key, name in measures("recon")) + "; above 1 means high-frequency "
-                 "artefacts rather than detail).")
-    else:
-      out.append("The VAE's reconstructions are blurrier than the real images: **" + _all(
-          vae_blurs) + "** (" + "; ".join(f"{name} {m('vae', key):.2f} of real"
-                                          for key, name in measures("recon")) + ").")
-      for other in ("vae_dis_l", "vaegan"):
-        if other in kinds:
-          v = [_compare(runs, other, "vae", key, "higher") for key, _ in measures("recon")]
-          out.append(f"... and blurrier than {NAMES[other]}'s (learned similarity keeps detail): "
-                     f"**{_all(v)}** (" + "; ".join(
-                         f"{name} {m(other, key):.2f} vs VAE {m('vae', key):.2f}: {vv}"
-                         for (key, name), vv in zip(measures("recon"), v)) + ").")
+    out += _reconstruction_blur_claims(runs, kinds, has_hf)
     v = _compare(runs, "vae_dis_l", "vae", "fid", "lower")
     out.append(f"Learned similarity gives better samples than the VAE: **{v}** (sample FID "
                f"{m('vae_dis_l', 'fid'):.2f} vs {m('vae', 'fid'):.2f}).")
@@ -400,42 +378,93 @@ def claims(results: dict) -> list[str]:
                f"{m('vaegan', 'fid'):.2f} vs {m('vae_dis_l', 'fid'):.2f}; precision "
                f"{m('vaegan', 'precision'):.2f} vs {m('vae_dis_l', 'precision'):.2f}).")
   if {"vaegan", "vae"} <= kinds:
-    v = _compare(runs, "vaegan", "vae", "fid", "lower")
-    out.append(f"VAE-GAN's samples are better than the VAE's: **{v}** (FID "
-               f"{m('vaegan', 'fid'):.2f} vs {m('vae', 'fid'):.2f}).")
-    sample_measures = [("sample_sharpness", "Laplacian")] + (
-        [("sample_hf", "HF energy")] if has_hf else [])
-    v = [_compare(runs, "vaegan", "vae", key, "higher") for key, _ in sample_measures]
-    above = [name for key, name in sample_measures if m("vaegan", key) > 1.0]
-    out.append("VAE-GAN's samples are sharper than the VAE's: **" + _all(v) + "** (" + "; ".join(
-        f"{name} {m('vaegan', key):.2f} vs {m('vae', key):.2f} of real: {vv}"
-        for (key, name), vv in zip(sample_measures, v)) + ")" + (
-            f"; VAE-GAN's {' and '.join(above)} ratio is above real, so part of it is "
-            "artefact, not detail" if above else "") + ".")
-    encoders = [k for k in ("vae", "vae_dis_l", "vaegan") if k in kinds]
-    v = [_compare(runs, "vae", k, "recon_mse", "lower") for k in encoders if k != "vae"]
-    out.append("The pixel-wise VAE has the lowest pixel error (it optimises it): **" + _all(v) +
-               "** (recon. MSE " + ", ".join(f"{NAMES[k]} {m(k, 'recon_mse'):.4f}"
-                                             for k in encoders) + ").")
+    out += _vaegan_vs_vae_claims(runs, kinds, has_hf)
   if {"gan", "vaegan"} <= kinds:
-    sharp = m("gan", "sample_sharpness")
-    out.append(f"A plain GAN gives sharp samples (but has no encoder): sample sharpness "
-               f"{sharp:.2f} (Laplacian)" + (f", {m('gan', 'sample_hf'):.2f} (HF energy)"
-                                             if has_hf else "") +
-               f" of real; VAE-GAN {m('vaegan', 'sample_sharpness'):.2f}; FID "
-               f"{m('gan', 'fid'):.2f} vs VAE-GAN {m('vaegan', 'fid'):.2f}: **" +
-               _compare(runs, "vaegan", "gan", "fid", "lower") +
-               "** for VAE-GAN's samples being the better ones.")
+    out.append(_plain_gan_claim(runs, has_hf))
   cond = results.get("cond_runs") or {}
   if cond and "real_heldout_conditional" in results:
-    real = results["real_heldout_conditional"]
-    best = max(CONDITIONAL_KINDS, key=lambda k: _means(cond, k, "cosine")
-               if any(r["kind"] == k for r in cond.values()) else -1)
-    ok = _means(cond, "vaegan", "cosine") >= 0.9 * real["cosine"]
-    out.append(f"Conditional VAE-GAN images are recognised about as well as real ones (Table 1): "
-               f"**{'holds' if ok else 'fails'}** (cosine {_means(cond, 'vaegan', 'cosine'):.3f} "
-               f"vs real {real['cosine']:.3f}; best conditional model here: {NAMES[best]}).")
+    out.append(_conditional_claim(cond, results["real_heldout_conditional"]))
   return out
+
+
+def _sharpness_measures(prefix: str, has_hf: bool) -> list[tuple[str, str]]:
+  """(key, name) of the sharpness ratios of 'sample' or 'recon': Laplacian [, HF energy]."""
+  return [(f"{prefix}_sharpness", "Laplacian")] + ([(f"{prefix}_hf", "HF energy")]
+                                                  if has_hf else [])
+
+
+def _reconstruction_blur_claims(runs: dict, kinds: set[str], has_hf: bool) -> list[str]:
+  """The VAE's reconstructions are blurry, and blurrier than those of the models with
+  learned similarity; or why that can't be tested here (no blur to remove)."""
+  m = functools.partial(_means, runs)
+  measures = _sharpness_measures("recon", has_hf)
+  vae_blurs = [_below(runs, "vae", key) for key, _ in measures]
+  if "holds" not in vae_blurs:
+    # No blur to remove: a higher ratio is then noise, not detail.
+    return ["Learned similarity (Dis_l) gives sharper reconstructions than the pixel-wise VAE: "
+            "**not testable on this data** (the VAE's reconstructions are not blurrier than "
+            "the real images: " + "; ".join(
+                f"{name} {m('vae', key):.2f} of real, VAE_Dis_l {m('vae_dis_l', key):.2f}"
+                for key, name in measures) + "; above 1 means high-frequency "
+            "artefacts rather than detail)."]
+  out = ["The VAE's reconstructions are blurrier than the real images: **" + _all(
+      vae_blurs) + "** (" + "; ".join(f"{name} {m('vae', key):.2f} of real"
+                                      for key, name in measures) + ")."]
+  for other in ("vae_dis_l", "vaegan"):
+    if other in kinds:
+      v = [_compare(runs, other, "vae", key, "higher") for key, _ in measures]
+      out.append(f"... and blurrier than {NAMES[other]}'s (learned similarity keeps detail): "
+                 f"**{_all(v)}** (" + "; ".join(
+                     f"{name} {m(other, key):.2f} vs VAE {m('vae', key):.2f}: {vv}"
+                     for (key, name), vv in zip(measures, v)) + ").")
+  return out
+
+
+def _vaegan_vs_vae_claims(runs: dict, kinds: set[str], has_hf: bool) -> list[str]:
+  """VAE-GAN's samples are better and sharper than the VAE's; the VAE has the lowest
+  pixel error of the models with an encoder."""
+  m = functools.partial(_means, runs)
+  v = _compare(runs, "vaegan", "vae", "fid", "lower")
+  out = [f"VAE-GAN's samples are better than the VAE's: **{v}** (FID "
+         f"{m('vaegan', 'fid'):.2f} vs {m('vae', 'fid'):.2f})."]
+  sample_measures = _sharpness_measures("sample", has_hf)
+  v = [_compare(runs, "vaegan", "vae", key, "higher") for key, _ in sample_measures]
+  above = [name for key, name in sample_measures if m("vaegan", key) > 1.0]
+  out.append("VAE-GAN's samples are sharper than the VAE's: **" + _all(v) + "** (" + "; ".join(
+      f"{name} {m('vaegan', key):.2f} vs {m('vae', key):.2f} of real: {vv}"
+      for (key, name), vv in zip(sample_measures, v)) + ")" + (
+          f"; VAE-GAN's {' and '.join(above)} ratio is above real, so part of it is "
+          "artefact, not detail" if above else "") + ".")
+  encoders = [k for k in ("vae", "vae_dis_l", "vaegan") if k in kinds]
+  v = [_compare(runs, "vae", k, "recon_mse", "lower") for k in encoders if k != "vae"]
+  out.append("The pixel-wise VAE has the lowest pixel error (it optimises it): **" + _all(v) +
+             "** (recon. MSE " + ", ".join(f"{NAMES[k]} {m(k, 'recon_mse'):.4f}"
+                                           for k in encoders) + ").")
+  return out
+
+
+def _plain_gan_claim(runs: dict, has_hf: bool) -> str:
+  """A plain GAN's samples are sharp; are VAE-GAN's better by FID?"""
+  m = functools.partial(_means, runs)
+  sharp = m("gan", "sample_sharpness")
+  return (f"A plain GAN gives sharp samples (but has no encoder): sample sharpness "
+          f"{sharp:.2f} (Laplacian)" + (f", {m('gan', 'sample_hf'):.2f} (HF energy)"
+                                        if has_hf else "") +
+          f" of real; VAE-GAN {m('vaegan', 'sample_sharpness'):.2f}; FID "
+          f"{m('gan', 'fid'):.2f} vs VAE-GAN {m('vaegan', 'fid'):.2f}: **" +
+          _compare(runs, "vaegan", "gan", "fid", "lower") +
+          "** for VAE-GAN's samples being the better ones.")
+
+
+def _conditional_claim(cond: dict, real: dict) -> str:
+  """Conditional VAE-GAN's images are recognised about as well as the held-out real
+  images (``real``: their Table 1 scores), within 10 % of their cosine similarity."""
+  best = max(CONDITIONAL_KINDS, key=lambda k: _means(cond, k, "cosine")
+             if any(r["kind"] == k for r in cond.values()) else -1)
+  ok = _means(cond, "vaegan", "cosine") >= 0.9 * real["cosine"]
+  return (f"Conditional VAE-GAN images are recognised about as well as real ones (Table 1): "
+          f"**{'holds' if ok else 'fails'}** (cosine {_means(cond, 'vaegan', 'cosine'):.3f} "
+          f"vs real {real['cosine']:.3f}; best conditional model here: {NAMES[best]}).")
 
 
 def render(outdir: str, kinds: Sequence[str] = KINDS,
@@ -473,55 +502,79 @@ def _spectrum_table(results: dict, kinds: Sequence[str]) -> list[str]:
 
 def report_markdown(results: dict, kinds: Sequence[str] = KINDS,
                     conditional_kinds: Sequence[str] = CONDITIONAL_KINDS) -> str:
-  head = ("| model | " + " | ".join(t for _, t, _, _ in COLUMNS) + " |\n|---|" +
-          "---|" * len(COLUMNS) + "\n")
-  lines = [f"# The paper's comparison on {results['dataset']}", "",
-           f"Every model: the same architecture, data and seeds; {results['steps']} steps of batch "
-           f"{results['batch_size']}; {results['seeds']} seeds (mean ± std over seeds). Metrics of "
-           f"{results['num']} prior samples against the training split in `{results['features']}` "
-           "features; reconstructions of the held-out split. Sharpness, two measures: the mean "
-           "variance of the Laplacian and the high-frequency (HF) energy, the mean power at "
-           "0.25-0.5 cycles/pixel; both relative to real images (samples: to the training "
-           "images; reconstructions: to their held-out inputs; 1.0 = as sharp as real, below 1 "
-           f"blurrier). Total wall time {results['total_wall_s'] / 60:.1f} min.", "",
-           "![prior samples, one row per model: " + ", ".join(NAMES[k] for k in kinds) +
-           "](fig_samples.png)", "",
-           "Prior samples (seed 0): real training images, then one row per model: " +
-           ", ".join(NAMES[k] for k in kinds) + f"; enlarged {FIGURE_SCALE}x (nearest neighbour).",
-           "", "![held-out reconstructions](fig_reconstructions.png)", "",
-           "Held-out reconstructions (seed 0): real images, then one row per model with an "
-           "encoder: " + ", ".join(NAMES[k] for k in kinds if k != "gan") +
-           f"; enlarged {FIGURE_SCALE}x (nearest neighbour).", "",
-           "## Table: unconditional models", "", head.rstrip("\n")]
-  for name, cells in table_rows(results["runs"], kinds, COLUMNS):
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  """report.md of ``results`` (as ``run_comparison`` returns them): the set-up, the
+  figures, the tables and the paper's claims checked (``claims``)."""
+  lines = _report_intro(results, kinds)
+  lines += ["## Table: unconditional models", ""]
+  lines += _results_table(results["runs"], kinds, COLUMNS)
   lines += ["", "Better: " + "; ".join(f"{t} {b}" for _, t, _, b in COLUMNS if b) + "."]
-  curve_runs = [r for r in results["runs"].values() if r["seed"] == 0]
-  if curve_runs and len(curve_runs[0]["curve"]) > 1:
-    lines += ["", "Sample FID over training (seed 0):", "",
-              "| model | " + " | ".join(f"step {c['step']}" for c in curve_runs[0]["curve"]) +
-              " |", "|---|" + "---|" * len(curve_runs[0]["curve"])]
-    for r in curve_runs:
-      lines.append(f"| {NAMES[r['kind']]} | " + " | ".join(
-          "–" if c.get("fid") is None else f"{c['fid']:.2f}" for c in r["curve"]) + " |")
+  lines += _fid_curve_table(results)
   lines += _spectrum_table(results, kinds)
   cond = results.get("cond_runs") or {}
   if cond:
-    lines += ["", "## Table 1 on this data: class-conditional models", "",
-              "![conditional samples](fig_conditional.png)", "",
-              "Conditional prior samples (seed 0), one row per model: " +
-              ", ".join(NAMES[k] for k in conditional_kinds) + "; column j is class j.", "",
-              "| model | " + " | ".join(t for _, t, _, _ in COND_COLUMNS) + " |",
-              "|---|" + "---|" * len(COND_COLUMNS)]
-    for name, cells in table_rows(cond, conditional_kinds, COND_COLUMNS):
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    real = results.get("real_heldout_conditional")
-    if real:
-      lines.append("| held-out real | " + " | ".join(
-          fmt.format(real[k]) for k, _, fmt, _ in COND_COLUMNS) + " |")
+    lines += _conditional_table(results, cond, conditional_kinds)
   if results.get("conditional_skipped"):
     lines += ["", f"Class-conditional models skipped: {results['conditional_skipped']} "
               "(CelebA's attribute-conditional Table 1: `experiments.evaluate_attributes`)."]
   lines += ["", "## The paper's claims on this data", ""]
   lines += [f"- {c}" for c in claims(results)]
   return "\n".join(lines) + "\n"
+
+
+def _report_intro(results: dict, kinds: Sequence[str]) -> list[str]:
+  """The report's title, its set-up (models, steps, seeds, metrics) and the figures."""
+  return [f"# The paper's comparison on {results['dataset']}", "",
+          f"Every model: the same architecture, data and seeds; {results['steps']} steps of batch "
+          f"{results['batch_size']}; {results['seeds']} seeds (mean ± std over seeds). Metrics of "
+          f"{results['num']} prior samples against the training split in `{results['features']}` "
+          "features; reconstructions of the held-out split. Sharpness, two measures: the mean "
+          "variance of the Laplacian and the high-frequency (HF) energy, the mean power at "
+          "0.25-0.5 cycles/pixel; both relative to real images (samples: to the training "
+          "images; reconstructions: to their held-out inputs; 1.0 = as sharp as real, below 1 "
+          f"blurrier). Total wall time {results['total_wall_s'] / 60:.1f} min.", "",
+          "![prior samples, one row per model: " + ", ".join(NAMES[k] for k in kinds) +
+          "](fig_samples.png)", "",
+          "Prior samples (seed 0): real training images, then one row per model: " +
+          ", ".join(NAMES[k] for k in kinds) + f"; enlarged {FIGURE_SCALE}x (nearest neighbour).",
+          "", "![held-out reconstructions](fig_reconstructions.png)", "",
+          "Held-out reconstructions (seed 0): real images, then one row per model with an "
+          "encoder: " + ", ".join(NAMES[k] for k in kinds if k != "gan") +
+          f"; enlarged {FIGURE_SCALE}x (nearest neighbour).", ""]
+
+
+def _results_table(runs: dict, kinds: Sequence[str], columns) -> list[str]:
+  """A markdown table of ``columns``, one row per kind: mean ± std over seeds."""
+  lines = ["| model | " + " | ".join(t for _, t, _, _ in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for name, cells in table_rows(runs, kinds, columns):
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _fid_curve_table(results: dict) -> list[str]:
+  """Sample FID at each kept checkpoint of seed 0, one row per kind; none for one point."""
+  curve_runs = [r for r in results["runs"].values() if r["seed"] == 0]
+  if not (curve_runs and len(curve_runs[0]["curve"]) > 1):
+    return []
+  lines = ["", "Sample FID over training (seed 0):", "",
+           "| model | " + " | ".join(f"step {c['step']}" for c in curve_runs[0]["curve"]) +
+           " |", "|---|" + "---|" * len(curve_runs[0]["curve"])]
+  for r in curve_runs:
+    lines.append(f"| {NAMES[r['kind']]} | " + " | ".join(
+        "–" if c.get("fid") is None else f"{c['fid']:.2f}" for c in r["curve"]) + " |")
+  return lines
+
+
+def _conditional_table(results: dict, cond: dict,
+                       conditional_kinds: Sequence[str]) -> list[str]:
+  """Table 1 on this data: the conditional models' scores and the held-out real row."""
+  lines = ["", "## Table 1 on this data: class-conditional models", "",
+           "![conditional samples](fig_conditional.png)", "",
+           "Conditional prior samples (seed 0), one row per model: " +
+           ", ".join(NAMES[k] for k in conditional_kinds) + "; column j is class j.", ""]
+  lines += _results_table(cond, conditional_kinds, COND_COLUMNS)
+  real = results.get("real_heldout_conditional")
+  if real:
+    lines.append("| held-out real | " + " | ".join(
+        fmt.format(real[k]) for k, _, fmt, _ in COND_COLUMNS) + " |")
+  return lines

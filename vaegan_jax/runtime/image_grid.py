@@ -26,6 +26,21 @@ def to_uint8(images) -> np.ndarray:
   return np.round(x).astype(np.uint8)
 
 
+def interleave_rows(top, bottom, ncols: int) -> np.ndarray:
+  """Rows of ``ncols`` images of ``top``, each followed by the same row of ``bottom``.
+
+  Args:
+    top, bottom: (N, H, W, C) arrays of the same shape, e.g. inputs and their
+      reconstructions.
+  Returns:
+    (2N, H, W, C), for ``make_grid(..., ncols=ncols)``.
+  """
+  rows = []
+  for i in range(0, len(top), ncols):
+    rows += [top[i:i + ncols], bottom[i:i + ncols]]
+  return np.concatenate(rows)
+
+
 def make_grid(images, ncols: int = 8, padding: int = 2,
               pad_value: int = 255) -> np.ndarray:
   """Tiles images into one uint8 grid image.
@@ -45,10 +60,10 @@ def make_grid(images, ncols: int = 8, padding: int = 2,
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
-    raise ValueError(f'Expected (N, H, W, C) images, got shape {x.shape}.')
+    raise ValueError(f"Expected (N, H, W, C) images, got shape {x.shape}.")
   n, h, w, c = x.shape
   if n == 0:
-    raise ValueError('make_grid needs at least one image.')
+    raise ValueError("make_grid needs at least one image.")
   ncols = max(1, min(int(ncols), n))
   nrows = -(-n // ncols)
   p = int(padding)
@@ -70,21 +85,21 @@ def save_png(path: str, grid) -> None:
   """
   arr = np.asarray(grid)
   if arr.dtype != np.uint8:
-    raise ValueError(f'save_png expects uint8, got {arr.dtype}; '
-                     'use make_grid/to_uint8 first.')
+    raise ValueError(f"save_png expects uint8, got {arr.dtype}; "
+                     "use make_grid/to_uint8 first.")
   if arr.ndim == 3 and arr.shape[-1] == 1:
     arr = arr[..., 0]
   if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-    raise ValueError(f'Unsupported grid shape {arr.shape}.')
+    raise ValueError(f"Unsupported grid shape {arr.shape}.")
   # PIL infers the mode from a uint8 array: (H, W) -> 'L', (H, W, 3) -> 'RGB'.
   img = Image.fromarray(np.ascontiguousarray(arr))
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.png')
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
   try:
-    with os.fdopen(fd, 'wb') as f:
-      img.save(f, format='PNG')
+    with os.fdopen(fd, "wb") as f:
+      img.save(f, format="PNG")
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; grids are for everyone to read
     os.replace(tmp, path)
   except BaseException:

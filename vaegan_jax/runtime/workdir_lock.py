@@ -21,11 +21,12 @@ import time
 from typing import Optional
 
 from absl import logging
+from vaegan_jax.runtime.errors import UserError
 
 LOCK_NAME = "lock.json"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
   """Another live trainer holds the workdir (one-line message naming it)."""
 
 

@@ -7,12 +7,12 @@ when complete, so a process killed mid-save (kill -9) leaves the previous
 checkpoints intact and restorable; a temporary directory is never listed as a
 step.
 
-``integrity`` is ``{"format": 1, "sha256": state_digest(state), "num_leaves": N}``:
+``integrity`` is ``{"format": 1, "sha256": digest.state_digest(state), "num_leaves": N}``:
 neither Orbax nor TensorStore notices flipped bytes in an uncompressed data
 file (they restore garbage), so every restore recomputes the digest. A
 checkpoint that cannot be read or fails the check raises
 ``CorruptCheckpointError``; ``restore_latest``, ``read_config`` and
-``restore_for_inference`` then fall back to the newest good checkpoint (the
+``restore`` then fall back to the newest good checkpoint (the
 trainer also moves the bad one to ``workdir/checkpoints_bad/``). A checkpoint
 written before the checksum existed restores with a warning.
 
@@ -41,14 +41,9 @@ save could then leave no checkpoint at all.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
-import logging as py_logging
 import os
-import re
 import shutil
-import sys
-import weakref
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from absl import logging
@@ -58,14 +53,17 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vaegan_jax import train_step as ts
+from vaegan_jax.runtime import best_checkpoint
+from vaegan_jax.runtime import digest
+from vaegan_jax.runtime import io_errors
+from vaegan_jax.runtime.errors import UserError
 
 FORMAT = 1
 ITEMS = ("state", "config", "integrity")
 _T = TypeVar("_T")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not match the config (one-line message)."""
 
 
@@ -103,13 +101,28 @@ def quarantine_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints_bad")
 
 
-# How many checkpoints each writing manager keeps (see the module docstring).
-_keep: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
 _DELETING = ".deleting-"
 
 
+class Manager(ocp.CheckpointManager):
+  """Orbax's manager, with what ``save``, ``finish`` and their errors need to know.
+
+  Attributes:
+    keep_newest: how many checkpoints ``save``/``finish`` keep (see the module
+      docstring); None for a reader, which deletes nothing.
+    step_in_flight: the step still being written in the background, for the
+      error message if that write fails; None when none is.
+  """
+
+  def __init__(self, directory: str, *, keep_newest: Optional[int],
+               options: ocp.CheckpointManagerOptions):
+    super().__init__(directory, options=options, item_names=ITEMS)
+    self.keep_newest = keep_newest
+    self.step_in_flight: Optional[int] = None
+
+
 def manager(workdir: str, *, keep: int = 3, read_only: bool = False,
-            async_save: bool = True) -> ocp.CheckpointManager:
+            async_save: bool = True) -> Manager:
   """An Orbax manager of ``workdir/checkpoints``; ``save`` and ``finish`` keep the newest ``keep``."""
   if not read_only and int(keep) < 1:
     raise ValueError(f"keep_checkpoints must be an integer >= 1, got {keep!r}; "
@@ -117,10 +130,8 @@ def manager(workdir: str, *, keep: int = 3, read_only: bool = False,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-  mngr = ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
-  if not read_only:
-    _keep[mngr] = int(keep)
-  return mngr
+  return Manager(checkpoint_dir(workdir), keep_newest=None if read_only else int(keep),
+                 options=options)
 
 
 def _prune(mngr: ocp.CheckpointManager) -> None:
@@ -131,11 +142,11 @@ def _prune(mngr: ocp.CheckpointManager) -> None:
   leaves a ``.deleting-<step>`` directory (removed next time), never a
   half-deleted checkpoint that lists as a step.
   """
-  keep = _keep.get(mngr)
+  keep = getattr(mngr, "keep_newest", None)
   if keep is None:
     return
   mngr.reload()
-  best = read_best(os.path.dirname(str(mngr.directory)))
+  best = best_checkpoint.read_best(os.path.dirname(str(mngr.directory)))
   old = [s for s in sorted(mngr.all_steps())[:-keep] if not best or s != best["step"]]
   if jax.process_index() == 0:
     root = str(mngr.directory)
@@ -150,75 +161,19 @@ def _prune(mngr: ocp.CheckpointManager) -> None:
           shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     except OSError as e:  # An extra old checkpoint is no reason to stop training.
       logging.warning("Could not delete an old checkpoint in %s (%s); it is kept.", root,
-                      _first_line(e))
+                      io_errors.first_line(e))
   if old:
     mngr.reload()
 
 
 # ----------------------------------------------------------------------------
-# Checksum.
-
-
-def _key_name(key: Any) -> str:
-  """One key-path entry as its plain name: dict key, attribute name or index."""
-  if isinstance(key, (jax.tree_util.DictKey, jax.tree_util.FlattenedIndexKey)):
-    return str(key.key)
-  if isinstance(key, jax.tree_util.GetAttrKey):
-    return key.name
-  if isinstance(key, jax.tree_util.SequenceKey):
-    return str(key.idx)
-  return str(key)
-
-
-def _path_name(path: tuple) -> str:
-  return "/".join(_key_name(k) for k in path)
-
-
-def _named_leaves(tree: Any) -> dict[str, Any]:
-  """{'params/encoder/conv0/kernel': leaf, ...}.
-
-  The names are the same for the TrainState dataclass (attributes, tuples,
-  NamedTuples) and for the nested dicts and lists Orbax restores it as.
-  """
-  named = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = _path_name(path)
-    if name in named:  # E.g. keys 'a/b' and ('a', 'b'): the names would be ambiguous.
-      raise ValueError(f"Two leaves are both named {name!r}; the checksum needs unique names.")
-    named[name] = leaf
-  return named
-
-
-def state_digest(tree: Any) -> str:
-  """sha256 (hex) of a pytree of arrays, independent of its container types.
-
-  Hashes, for each leaf in the order of its normalised key path ('/'-joined
-  dict keys, attribute names and indices), the path, dtype, shape and the
-  C-contiguous bytes. So a TrainState and the dicts/lists Orbax restores it as
-  have the same digest, and one changed byte changes it.
-  """
-  h = hashlib.sha256()
-  for name, leaf in sorted(_named_leaves(tree).items()):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{name}\0{a.dtype}\0{a.shape}\0".encode())
-    h.update(a.reshape(-1).view(np.uint8))  # Any dtype (bfloat16 too), no copy.
-  return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------
 # Saving.
-
-# The step each manager is still writing in the background, for error messages.
-_pending: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_DISK_FULL_TEXT = {os.strerror(e).lower(): e for e in _DISK_FULL}
-
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def save(mngr: ocp.CheckpointManager, state: ts.TrainState, config) -> None:
+def save(mngr: ocp.CheckpointManager, state: Any, config) -> None:
   """Saves a host (unreplicated) state at ``state.step``, with its checksum; force-saves.
 
   The write finishes in the background; its failure surfaces from the next
@@ -233,16 +188,16 @@ def save(mngr: ocp.CheckpointManager, state: ts.TrainState, config) -> None:
   # goes on, and numpy (unlike device arrays) restores on any device topology.
   host = jax.tree.map(np.array, state)
   step = int(host.step)
-  integrity = {"format": FORMAT, "sha256": state_digest(host),
+  integrity = {"format": FORMAT, "sha256": digest.state_digest(host),
                "num_leaves": len(jax.tree.leaves(host))}
-  _pending[mngr] = step
+  mngr.step_in_flight = step
   try:
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(host),
         config=ocp.args.JsonSave(_config_json(config)),
         integrity=ocp.args.JsonSave(integrity)), force=True)
   except Exception as e:  # pylint: disable=broad-except
-    if _io_cause(e) == (None, None):
+    if io_errors.io_cause(e) == (None, None):
       raise  # A programming error, not the disk.
     raise _write_error(mngr, e) from e
 
@@ -297,50 +252,20 @@ def _surface_errors(mngr: ocp.CheckpointManager, *, block: bool) -> None:
   try:
     if block or not _saving(mngr):
       mngr.wait_until_finished()
-      _pending.pop(mngr, None)
+      mngr.step_in_flight = None
   except Exception as e:  # pylint: disable=broad-except
     raise _write_error(mngr, e) from e
 
 
-def _chain(e: BaseException):
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    yield e
-    e = e.__cause__ or e.__context__
-
-
-def _io_cause(e: BaseException) -> tuple[Optional[int], Optional[OSError]]:
-  """(errno, OSError) of an I/O failure anywhere in ``e``'s chain; None where unknown."""
-  oserror = next((x for x in _chain(e) if isinstance(x, OSError)), None)
-  for x in _chain(e):
-    if isinstance(x, OSError) and x.errno:
-      return x.errno, oserror
-    m = re.search(r"os_error_code='?(\d+)", str(x))  # TensorStore's errors are not OSErrors.
-    if m:
-      return int(m.group(1)), oserror
-    text = str(x).lower()
-    for msg, code in _DISK_FULL_TEXT.items():
-      if msg in text:
-        return code, oserror
-  return None, oserror
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-  text = str(e).strip().split("\n")[0] if str(e).strip() else type(e).__name__
-  text = text.split(" [tensorstore_spec=")[0]  # TensorStore appends kilobytes of JSON.
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _write_error(mngr: ocp.CheckpointManager, e: BaseException) -> CheckpointWriteError:
-  step = _pending.pop(mngr, None)
-  code, oserror = _io_cause(e)
-  if code in _DISK_FULL:
+  step, mngr.step_in_flight = getattr(mngr, "step_in_flight", None), None
+  code, oserror = io_errors.io_cause(e)
+  if code in io_errors.DISK_FULL:
     reason = f"disk full (OSError {errno.errorcode[code]}: {os.strerror(code)})"
   elif oserror is not None:
-    reason = f"{type(oserror).__name__}: {_first_line(oserror)}"
+    reason = f"{type(oserror).__name__}: {io_errors.first_line(oserror)}"
   elif code is not None:
-    reason = f"OSError {errno.errorcode.get(code, code)}: {_first_line(e)}"
+    reason = f"OSError {errno.errorcode.get(code, code)}: {io_errors.first_line(e)}"
   else:
     reason = _reason(e)
   try:
@@ -356,56 +281,6 @@ def _write_error(mngr: ocp.CheckpointManager, e: BaseException) -> CheckpointWri
 
 
 # ----------------------------------------------------------------------------
-# Orbax's and TensorStore's noise around I/O failures.
-
-
-def _is_closed_loop_error(e: Optional[BaseException]) -> bool:
-  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-
-
-class _QuietIoTracebacks(py_logging.Filter):
-  """Drops the tracebacks Orbax logs for I/O failures (and closed-loop callbacks).
-
-  They are reported as one line (CheckpointWriteError, CorruptCheckpointError);
-  Orbax's own error line stays, only its multi-screen traceback goes.
-  """
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    # asyncio logs "Task exception was never retrieved" for Orbax's write tasks.
-    if record.exc_info and ("orbax" in record.pathname or record.name == "asyncio"):
-      e = record.exc_info[1]
-      if e is not None and (_io_cause(e) != (None, None) or _is_closed_loop_error(e)):
-        if record.name == "asyncio":
-          return False  # Its message repeats the whole exception; the error line said it.
-        record.exc_info, record.exc_text = None, None
-    return True
-
-
-def _install_quiet_hooks() -> None:
-  """Installs the filter above and a ``sys.unraisablehook`` wrapper, once.
-
-  When an Orbax restore or save fails, TensorStore operations still in flight
-  call back into Orbax's already closed event loop; Python prints each as a
-  'RuntimeError: Event loop is closed' traceback, after the one-line error.
-  """
-  for logger in (logging.get_absl_logger(), py_logging.getLogger("asyncio")):
-    if not any(isinstance(f, _QuietIoTracebacks) for f in logger.filters):
-      logger.addFilter(_QuietIoTracebacks())
-  previous = sys.unraisablehook
-  if getattr(previous, "_vaegan_quiet", False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_error(unraisable.exc_value):
-      previous(unraisable)
-  hook._vaegan_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-
-
-_install_quiet_hooks()
-
-
-# ----------------------------------------------------------------------------
 # Reading one step.
 
 
@@ -414,7 +289,7 @@ def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
 
 
 def _reason(e: BaseException) -> str:
-  return f"{type(e).__name__}: {_first_line(e)}"
+  return f"{type(e).__name__}: {io_errors.first_line(e)}"
 
 
 def _restore_item(step_dir: str, name: str, handler: Any, args: Any) -> Any:
@@ -495,13 +370,13 @@ def _read_state(mngr: ocp.CheckpointManager, step: int) -> Any:
     raise CorruptCheckpointError(step_dir, f"its 'integrity' item is not a format-{FORMAT} "
                                  "record")
   try:
-    num_leaves, digest = len(jax.tree.leaves(raw)), state_digest(raw)
+    num_leaves, sha256 = len(jax.tree.leaves(raw)), digest.state_digest(raw)
   except ValueError as e:
     raise CorruptCheckpointError(step_dir, _reason(e)) from e
   if num_leaves != record.get("num_leaves"):
     raise CorruptCheckpointError(step_dir, f"it holds {num_leaves} arrays but "
                                  f"{record.get('num_leaves')} were saved")
-  if digest != record["sha256"]:
+  if sha256 != record["sha256"]:
     raise CorruptCheckpointError(step_dir, "checksum mismatch: its data differs from what "
                                  "was saved")
   return raw
@@ -519,8 +394,8 @@ def _match_template(raw: Any, template: Any, what: str) -> Any:
   the type, and every leaf's name, shape and dtype must agree with it.
   """
   paths, treedef = jax.tree_util.tree_flatten_with_path(_abstract(template))
-  want = [(_path_name(p), w) for p, w in paths]
-  got = _named_leaves(raw)
+  want = [(digest.path_name(p), w) for p, w in paths]
+  got = digest.named_leaves(raw)
   missing = sorted({n for n, _ in want} - set(got))
   extra = sorted(set(got) - {n for n, _ in want})
   if missing or extra:
@@ -606,7 +481,7 @@ def _newest_good(workdir: str, load: Callable[[ocp.CheckpointManager, int], _T],
           try:
             where = f"moved aside to {_move_aside(workdir, step)}"
           except OSError as move_error:
-            where = f"kept in place (cannot move it aside: {_first_line(move_error)})"
+            where = f"kept in place (cannot move it aside: {io_errors.first_line(move_error)})"
         then = (f"falling back to checkpoint {steps[i + 1]}" if i + 1 < len(steps)
                 else "no older checkpoint to fall back to")
         logging.warning("Checkpoint %d in %s is unusable (%s); %s; %s.", step, ckdir,
@@ -646,7 +521,8 @@ def restore_latest(workdir: str, template: Any, *, quarantine: bool) -> Optional
   return _newest_good(workdir, load, quarantine=quarantine)
 
 
-def _no_checkpoint(workdir: str) -> CheckpointError:
+def no_checkpoint(workdir: str) -> CheckpointError:
+  """The one error for a workdir without any checkpoint: says how to make one."""
   return CheckpointError(f"No checkpoint in {checkpoint_dir(workdir)}; train first with "
                          f"`python -m experiments.train --workdir={workdir}`.")
 
@@ -655,7 +531,7 @@ def _reader(workdir: str, step: int) -> ocp.CheckpointManager:
   """A read-only manager of ``workdir`` after checking that ``step`` exists."""
   steps = _all_steps(workdir)
   if not steps:
-    raise _no_checkpoint(workdir)
+    raise no_checkpoint(workdir)
   if step not in steps:
     raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; "
                           f"available: {steps}.")
@@ -667,7 +543,7 @@ def read_config(workdir: str, step: Any = None, *,
   """The config saved with checkpoint ``step``, and that step.
 
   With ``step=None``, the newest usable checkpoint: its state is read and its
-  checksum checked too, so ``restore_for_inference`` of that step succeeds;
+  checksum checked too, so ``restore`` of that step succeeds;
   unusable ones are skipped with a warning, never moved (a trainer may be
   running).
 
@@ -696,7 +572,7 @@ def _load_step_or_newest(workdir: str, step: Any,
   if step is None:
     found = _newest_good(workdir, load, quarantine=False)
     if found is None:
-      raise _no_checkpoint(workdir)
+      raise no_checkpoint(workdir)
     return found
   mngr = _reader(workdir, step)
   try:
@@ -705,13 +581,14 @@ def _load_step_or_newest(workdir: str, step: Any,
     mngr.close()
 
 
-def restore_for_inference(workdir: str, step: Any = None,
-                          config: Optional[ml_collections.ConfigDict] = None
-                          ) -> tuple[ts.TrainState, ml_collections.ConfigDict]:
-  """(host TrainState, config) from ``workdir``; the saved config unless one is given.
+def restore(workdir: str, step: Any, template_for: Callable[[ml_collections.ConfigDict], Any],
+            config: Optional[ml_collections.ConfigDict] = None) -> tuple[Any, ml_collections.ConfigDict]:
+  """(host state, config) of checkpoint ``step``; the saved config unless one is given.
 
-  ``step=None`` takes the newest usable checkpoint (unusable ones are skipped
-  with a warning, never moved); ``state.step`` says which one it was.
+  ``step``: an int, 'best', or None/'latest' for the newest usable checkpoint
+  (unusable ones are skipped with a warning, never moved). The state has the
+  structure of ``template_for(config)`` (e.g. ``jax.eval_shape`` of the
+  model's initial state), every leaf checked against it.
 
   Raises:
     CorruptCheckpointError: ``step`` is given and unusable.
@@ -720,47 +597,12 @@ def restore_for_inference(workdir: str, step: Any = None,
   def load(mngr, s):
     saved = _read_saved_config(mngr, s)
     cfg = saved if config is None else config
-    template = jax.eval_shape(lambda: ts.create_train_state(cfg, jax.random.PRNGKey(0)))
-    return restore_state(mngr, template, s), cfg
+    return restore_state(mngr, template_for(cfg), s), cfg
   return _load_step_or_newest(workdir, step, load)
 
 
 # ----------------------------------------------------------------------------
-# The best checkpoint (see the module docstring).
-
-BEST_FILE = "best_checkpoint.json"
-
-
-def best_path(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), BEST_FILE)
-
-
-def read_best(workdir: str) -> Optional[dict]:
-  """The best-checkpoint record of ``workdir``, or None (none, or unreadable: warned)."""
-  path = best_path(workdir)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      record = json.load(f)
-    int(record["step"])
-    return record
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    logging.warning("Ignoring the unreadable best-checkpoint record %s (%s).", path, e)
-    return None
-
-
-def write_best(workdir: str, record: Optional[dict]) -> None:
-  """Writes (atomically) or, with None, removes the best-checkpoint record."""
-  path = best_path(workdir)
-  if record is None:
-    if os.path.exists(path):
-      os.remove(path)
-    return
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+# Which step a loader means.
 
 
 def resolve_step(workdir: str, step: Any) -> Optional[int]:
@@ -772,7 +614,7 @@ def resolve_step(workdir: str, step: Any) -> Optional[int]:
   if step is None or step == "latest":
     return None
   if step == "best":
-    best = read_best(workdir)
+    best = best_checkpoint.read_best(workdir)
     if best is None:
       raise CheckpointError(
           f"No best checkpoint recorded in {workdir}: train with --config.keep_best=samples.fid "
