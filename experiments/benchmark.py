@@ -266,7 +266,8 @@ def bench_naive(config, state) -> dict:
   loss_config = train_step.LossConfig.from_config(config)
 
   routed = jax.jit(lambda p: jax.grad(
-      lambda q: train_step.routed_loss(q, state.batch_stats, x, None, eps, z_p, nets=nets, loss_config=loss_config)[0])(p))
+      lambda q: train_step.routed_loss(q, state.batch_stats, x, None, eps, z_p, nets=nets,
+                                       loss_config=loss_config)[0])(p))
   naive = jax.jit(lambda p: reference.naive_grads(config, p, state.batch_stats, x, eps, z_p))
   out = {}
   for label, fn in (("routed", routed), ("naive", naive)):

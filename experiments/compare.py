@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from vaegan_jax.runtime import cli
+from vaegan_jax.runtime.errors import FlagError
 
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -51,7 +52,7 @@ def main(argv):
   from vaegan_jax.studies import compare  # pylint: disable=g-import-not-at-top
   bad = [k for k in FLAGS.kinds + FLAGS.conditional_kinds if k not in compare.NAMES]
   if bad or FLAGS.seeds < 1 or FLAGS.steps < 1 or not 1 <= FLAGS.evaluations <= FLAGS.steps:
-    raise cli.FlagError(f"need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1, "
+    raise FlagError(f"need kinds among {sorted(compare.NAMES)} (got {bad}), --seeds >= 1, "
                         "--steps >= 1 and 1 <= --evaluations <= --steps.")
   compare.run_comparison(FLAGS.config, FLAGS.outdir, seeds=FLAGS.seeds, steps=FLAGS.steps,
                          kinds=FLAGS.kinds, conditional_kinds=FLAGS.conditional_kinds,

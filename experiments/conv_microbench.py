@@ -64,7 +64,6 @@ LAYERS_DEFAULT32 = (
 MODELS = {"paper64": LAYERS_64, "default32": LAYERS_DEFAULT32}
 
 
-
 def _fast(form, kind, x, kernel):
   # The form is read at trace time, i.e. inside this call under jit.
   with fast_conv.use_form(form):

@@ -12,12 +12,12 @@ numbers mean) are named in the JSON: ``inception_v3_fid`` is the standard FID;
 dataset's labels and cached. See ``vaegan_jax/evaluation/``.
 """
 
-
 from absl import app
 from absl import flags
 from absl import logging
 
 from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
+from vaegan_jax.runtime.errors import FlagError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
@@ -45,10 +45,10 @@ def main(argv):
     try:
       step = int(step)
     except ValueError:
-      raise cli.FlagError(
+      raise FlagError(
           f"--step must be an integer, 'best', 'all' or unset, got {step!r}.") from None
   if FLAGS.num < 2:
-    raise cli.FlagError(f"--num must be >= 2, got {FLAGS.num}.")
+    raise FlagError(f"--num must be >= 2, got {FLAGS.num}.")
   reports = evaluator.evaluate_workdir(
       FLAGS.workdir, step, num=FLAGS.num, features=FLAGS.features,
       inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,

@@ -17,7 +17,7 @@ import numpy as np
 
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
-from vaegan_jax.runtime import cli
+from vaegan_jax.runtime.errors import FlagError
 
 MODELS = {"paper64": celeba_vaegan, "default32": default}
 
@@ -27,8 +27,8 @@ def row_config(name: str, *, batch_size: int, dtype: str = "float32",
   """The config of row ``name`` (e.g. 'paper64_vaegan') at this global batch and dtype."""
   model, _, kind = name.partition("_")
   if model not in MODELS or not kind:
-    raise cli.FlagError(f"Unknown row {name!r}: use <model>_<kind> with model in "
-                        f"{sorted(MODELS)}, e.g. paper64_vaegan.")
+    raise FlagError(f"Unknown row {name!r}: use <model>_<kind> with model in "
+                    f"{sorted(MODELS)}, e.g. paper64_vaegan.")
   c = MODELS[model].get_config()
   c.kind = kind
   c.batch_size = batch_size

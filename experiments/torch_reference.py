@@ -404,7 +404,8 @@ class Reference:
       mu, logvar = self.nets["encoder"](x, y)
       z = mu + torch.exp(0.5 * logvar) * eps
       terms["kl_prior"] = _kl_prior(mu, logvar)
-      x_tilde = self._call("decoder", self._params("decoder", "scale", loss_config.dec_llike_weight), z, y)
+      x_tilde = self._call(
+          "decoder", self._params("decoder", "scale", loss_config.dec_llike_weight), z, y)
       if kind == "vae":
         terms["llike"] = _half_sq_norm((x_tilde - x) / loss_config.pixel_sigma)
         return terms["kl_prior"] + terms["llike"], terms

@@ -117,6 +117,13 @@ def test_no_import_cycles(graph):
   assert not _cycles(graph)
 
 
+def test_only_the_binaries_import_the_cli(graph):
+  """``runtime.cli`` defines a flag at import: a library that imported it would change
+  every program that imports the library."""
+  importers = sorted(m for m, deps in graph.items() if "vaegan_jax.runtime.cli" in deps)
+  assert importers and all(m.startswith("experiments.") for m in importers), importers
+
+
 def test_the_checks_find_a_planted_cycle_and_a_planted_upward_import(graph):
   planted = {m: set(d) for m, d in graph.items()}
   planted["vaegan_jax.runtime.errors"].add("vaegan_jax.runtime.checkpoint")

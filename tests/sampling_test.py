@@ -163,7 +163,8 @@ def test_slerp_geometry():
   lo, hi = np.minimum(n0, n1)[:, None], np.maximum(n0, n1)[:, None]
   # Stays on the prior's shell (the linear midpoint drops to ~|z|/sqrt(2)).
   assert (norms >= 0.97 * lo).all() and (norms <= 1.03 * hi).all()
-  lin_mid = np.linalg.norm(np.asarray(sampling.interpolation_path(z0, z1, 9, "linear"))[:, 4], axis=-1)
+  lin_mid = np.linalg.norm(
+      np.asarray(sampling.interpolation_path(z0, z1, 9, "linear"))[:, 4], axis=-1)
   assert (lin_mid < 0.9 * lo[:, 0]).all()
   # Unit vectors: norm exactly 1 along the path, equal angular steps.
   u0 = z0 / jnp.linalg.norm(z0, axis=-1, keepdims=True)

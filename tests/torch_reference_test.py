@@ -180,7 +180,8 @@ def _ours_grads(c, x, eps, z_p):
   nets = models.Networks.create(models.Architecture.from_config(c.model))
   loss_config = ts.LossConfig.from_config(c)
   grads, (terms, _) = jax.grad(
-      lambda p: ts.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets, loss_config=loss_config),
+      lambda p: ts.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets,
+                               loss_config=loss_config),
       has_aux=True)(state.params)
   return state, jax.tree.map(np.asarray, grads), {k: float(v) for k, v in terms.items()}
 

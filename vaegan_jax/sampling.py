@@ -68,7 +68,8 @@ _SLERP_PARALLEL_COS = 0.9995
 
 
 # ----------------------------------------------------------------------------
-# Loading a trained model: every reader of a VAE-GAN workdir comes through here.
+# Loading a trained model: every loader of a trained VAE-GAN comes through here (the
+# trainer's resume and the evaluator's choice of steps read checkpoints directly).
 
 
 def read_config(workdir: str, step: Union[int, str, None] = None) -> tuple[Any, int]:

@@ -89,8 +89,6 @@ class SampleError(UserError, ValueError):
   """A request that cannot be served; the message is one line naming the fix."""
 
 
-
-
 class SampleOutputs(NamedTuple):
   """What ``sample_outputs`` computed; nothing written yet.
 

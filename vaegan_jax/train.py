@@ -6,17 +6,18 @@ and runs the loop (``_train``); the loop's pieces in the order it runs them
 (one dispatch, then the log line, grids, evaluation and checkpoint due at that
 step, then the final save); last, their helpers. Evaluations
 (``config.eval_every``: FID, KID, precision/recall and reconstruction metrics)
-are ``vaegan_jax/evaluation``'s; the grids are decoded by ``vaegan_jax/sampling``. Resuming is exact: the state holds
-the step and the RNG key, and the input order is a pure function of
-(seed, step).
+are ``vaegan_jax/evaluation``'s; the grids are decoded by ``vaegan_jax/sampling``.
+Resuming is exact: the state holds the step and the RNG key, and the input
+order is a pure function of (seed, step).
 
 Faults (docs/reliability.md has the table and the tests):
   * SIGTERM and SIGINT finish the current step, save it and return (exit 0);
     a second Ctrl-C exits at once. Under ``jax.distributed`` the processes
     agree on the stop step with an all-reduce of the flag, dispatched with
     each step and read one dispatch later (``loop.StopRequest.agreed``), so
-    none is left waiting in a collective and no step waits for the host. At most two steps are in flight
-    (one when a step takes over a second), so the save fits a ~30 s grace period.
+    none is left waiting in a collective and no step waits for the host. At
+    most two steps are in flight (one when a step takes over a second), so the
+    save fits a ~30 s grace period.
   * A checkpoint is written only for a state whose own loss was seen finite:
     the state of step s is held on the host and saved after step s + 1's loss
     (computed from it) is finite; a preemption save checks that every
@@ -277,7 +278,8 @@ def _train(config, workdir: str, is_chief: bool, stop: loop.StopRequest) -> trai
     return state
   run = _Run.create(config, workdir, is_chief, start, extractor, no_features)
   host_batches, batches = _device_batches(config, start, run.arch.num_attributes)
-  carry = _Carry(replicated=parallel.replicate(state), step=start)
+  carry = _Carry(replicated=parallel.replicate(state), step=start,
+                 progress=loop.Progress(start, run.total, config.batch_size))
   del state
   try:
     while carry.step < run.total and not stop.agreed(carry.replicated):
@@ -315,7 +317,7 @@ def _train(config, workdir: str, is_chief: bool, stop: loop.StopRequest) -> trai
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
-  """What stays fixed for the whole run."""
+  """What stays the same for the whole run."""
   config: ml_collections.ConfigDict
   workdir: str
   is_chief: bool
@@ -331,8 +333,6 @@ class _Run:
   eval_batch: dict  # the grids' held-out images, (n * n, H, W, C)
   arch: models.Architecture
   step_fn: Callable
-  progress: loop.Progress
-  in_flight: loop.InFlight
 
   @classmethod
   def create(cls, config, workdir: str, is_chief: bool, start: int, extractor,
@@ -355,19 +355,33 @@ class _Run:
                total=config.num_train_steps, steps_per_dispatch=k, mngr=mngr, writer=writer,
                keep_best=keep_best, extractor=extractor, no_features=no_features,
                z_fixed=z_fixed, eval_batch=_eval_batch(config, n * n), arch=arch,
-               step_fn=train_step.make_pmapped_step(config, block=k > 1),
-               progress=loop.Progress(start, config.num_train_steps, config.batch_size),
-               in_flight=loop.InFlight())
+               step_fn=train_step.make_pmapped_step(config, block=k > 1))
 
 
 @dataclasses.dataclass
 class _Carry:
-  """What the loop carries from one dispatch to the next."""
-  replicated: Any  # the TrainState on every device; None once the final probe took it
+  """What the loop carries from one dispatch to the next.
+
+  Attributes:
+    replicated: the TrainState on every device; None once the final probe took it.
+    step: the step reached (dispatched).
+    progress: images/s, input wait and ETA of each log window; its clock starts
+      here, so compiling is timed from the loop's start.
+    in_flight: bounds the dispatched steps not yet finished.
+    pending: the host state of a checkpoint step, saved once the next loss
+      (computed from it) is seen finite.
+    pending_best: the best-checkpoint record naming ``pending``'s step, written
+      once it is saved.
+    window: each dispatch's metrics since the last log line.
+    early_line_done: whether the early log line (10 steps after compiling) came.
+  """
+  replicated: Any
   step: int
-  pending: Optional[train_step.TrainState] = None  # a checkpoint step's host state, saved
-  pending_best: Optional[dict] = None  # once the next loss is finite; its best record
-  window: list = dataclasses.field(default_factory=list)  # metrics since the last log line
+  progress: loop.Progress
+  in_flight: loop.InFlight = dataclasses.field(default_factory=loop.InFlight)
+  pending: Optional[train_step.TrainState] = None
+  pending_best: Optional[dict] = None
+  window: list = dataclasses.field(default_factory=list)
   early_line_done: bool = False
 
 
@@ -399,13 +413,13 @@ def _dispatch(run: _Run, carry: _Carry, batches) -> None:
     kept = _save_on_failure(run.mngr, carry.replicated, carry.pending, run.config, carry.step,
                             run.start)
     raise data.InputWorkerError(f"{e} {kept}") from None
-  run.progress.waited(time.time() - t_wait)
+  carry.progress.waited(time.time() - t_wait)
   carry.replicated, metrics = run.step_fn(carry.replicated, batch)
   carry.step += 1 if run.steps_per_dispatch == 1 else batch["image"].shape[1]
-  if not run.progress.has_compiled:  # Rates and ETAs count from here: compiling is not training.
+  if not carry.progress.has_compiled:  # Rates and ETAs count from here: compiling is not training.
     jax.block_until_ready(metrics)
-    run.progress.compiled(carry.step)
-  run.in_flight.add(metrics)
+    carry.progress.compiled(carry.step)
+  carry.in_flight.add(metrics)
   carry.window.append(metrics)
   if carry.pending is not None:  # this dispatch's first loss came from the pending state
     _save_pending(run.mngr, carry.replicated, carry.pending, run.config)
@@ -424,7 +438,7 @@ def _after_dispatch(run: _Run, carry: _Carry, stop: loop.StopRequest) -> None:
     _check_finite(carry.replicated, run.mngr)
     checkpoint.check_saves(run.mngr)
     means = _window_means(carry.window)  # waits for the window's last step
-    rate, text = run.progress.window(s)  # nothing for the compiling step alone
+    rate, text = carry.progress.window(s)  # nothing for the compiling step alone
     run.writer.write_scalars(s, {**means, **rate}, text)
     carry.window = []
   if run.is_chief and (s % config.sample_every == 0 or s == total):

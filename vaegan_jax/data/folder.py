@@ -28,7 +28,6 @@ _FOLDER_TEST_EVERY = 20
 _FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-
 def list_files(cfg: Any) -> tuple[str, list[str]]:
   folder = config_value(cfg, "folder")
   if not folder:

@@ -74,7 +74,7 @@ DATASETS = ("digits", "mnist", "cifar10", "celeb_a", "folder", "photos")
 _DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "celeb_a": 3,
                      "folder": None, "photos": None}
 
-# The encoder/discriminator halve the resolution three times (64 -> 8).
+# The sizes a reader can serve; which of them a network takes is the network's check.
 _MIN_IMAGE_SIZE = 2
 _MAX_IMAGE_SIZE = 1024
 

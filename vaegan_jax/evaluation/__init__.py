@@ -1,6 +1,7 @@
 """Evaluation: sample-quality metrics, their feature spaces, and per-checkpoint reports.
 
-  metrics.py    FID, KID, precision/recall, classifier scores, PSNR (pure numerics)
+  metrics.py    FID, KID, precision/recall, classifier scores, PSNR, attribute
+                similarity (pure numerics)
   features.py   the feature spaces: pytorch-fid's Inception-v3 or the dataset's own
                 classifier; the cache
   inception.py  the FID Inception-v3 in Flax (weights converted once from pytorch-fid's)

@@ -62,8 +62,6 @@ class EvaluationError(UserError, ValueError):
   """Incompatible generator/classifier/data; one-line message naming the fix."""
 
 
-
-
 def load_generator(workdir: str, step: Optional[int], classifier: classifier_lib.Classifier,
                    manual_dir: Optional[str] = None):
   """(Sampler, config, step) of a conditional checkpoint whose images fit the classifier.

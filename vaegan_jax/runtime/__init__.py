@@ -1,9 +1,9 @@
 """What every loop here shares, and nothing of the VAE-GAN.
 
 Both trainers (``vaegan_jax.train``, ``vaegan_jax.classifier.train``), the
-sampler and the evaluator build on these; none of them imports anything above
-this package (``vaegan_jax.data`` and the model modules import at most
-``errors`` from here).
+sampler and the evaluator build on these; nothing here imports anything above
+this package (``tests/layout_test.py`` checks it). ``cli`` is the binaries'
+alone: it defines a flag at import, so the library never imports it.
 
   errors.py         ``UserError``: the one base type of one-line, fixable errors.
   checkpoint.py     checksummed Orbax checkpoints of a whole state with its config;

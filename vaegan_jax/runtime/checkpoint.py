@@ -582,7 +582,8 @@ def _load_step_or_newest(workdir: str, step: Any,
 
 
 def restore(workdir: str, step: Any, template_for: Callable[[ml_collections.ConfigDict], Any],
-            config: Optional[ml_collections.ConfigDict] = None) -> tuple[Any, ml_collections.ConfigDict]:
+            config: Optional[ml_collections.ConfigDict] = None
+            ) -> tuple[Any, ml_collections.ConfigDict]:
   """(host state, config) of checkpoint ``step``; the saved config unless one is given.
 
   ``step``: an int, 'best', or None/'latest' for the newest usable checkpoint

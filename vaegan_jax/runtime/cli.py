@@ -23,8 +23,6 @@ from ml_collections import config_flags
 from vaegan_jax.runtime import errors
 from vaegan_jax.runtime import io_errors
 
-FlagError = errors.FlagError  # The binaries raise it for a bad flag value (exit status 2).
-
 
 def _one_line(e: BaseException) -> str:
   msg = str(e)

@@ -15,7 +15,6 @@ import jax
 import numpy as np
 
 
-
 def _key_name(key: Any) -> str:
   """One key-path entry as its plain name: dict key, attribute name or index."""
   if isinstance(key, (jax.tree_util.DictKey, jax.tree_util.FlattenedIndexKey)):

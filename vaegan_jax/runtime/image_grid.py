@@ -1,7 +1,7 @@
 """Image-grid helpers: tile a batch of images and write it as a PNG.
 
-Used by the sampling tools (`vaegan_jax.sampling`) and by the training loop to
-dump sample / reconstruction grids. Images follow the model convention: float
+Used by ``sampling_outputs`` and by the training loop (``metric_writer``) to
+write sample and reconstruction grids. Images follow the model convention: float
 arrays in [-1, 1], shape (N, H, W, C) with C in {1, 3}.
 """
 

@@ -45,10 +45,10 @@ from flax import traverse_util
 from vaegan_jax import losses
 from vaegan_jax import models
 from vaegan_jax import sampling
+from vaegan_jax import train
 from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
-from vaegan_jax.runtime.errors import UserError
 
 # Batches of the prior pass whose batch statistics make its population statistics.
 POPULATION_BATCHES = 32
@@ -116,8 +116,8 @@ def _train(config, steps: int, train_images: np.ndarray, per_pass) -> tuple:
     new_sep = per_pass(state, x, sep)
     state, _ = step(state, {"image": x})
     if int(state.bad_step) >= 0:
-      raise UserError(f"Non-finite loss at step {int(state.bad_step)}: lower "
-                      "--config.learning_rate.")
+      raise train.NonFiniteLossError(f"Non-finite loss at step {int(state.bad_step)}: "
+                                     "lower --config.learning_rate.")
     sep = new_sep
   return state, sep, time.time() - t0
 
@@ -195,8 +195,9 @@ def _heldout_errors(nets: models.Networks, p, kept, sep, stats: dict, held: np.n
 def measure(config, steps: int, num: int) -> dict:
   """Trains ``config`` for ``steps`` steps and compares the statistics (see module doc)."""
   if config.kind != "vaegan" or config.model.num_attributes:
-    raise UserError("bn_statistics measures the unconditional 'vaegan' kind: "
-                    "set --config.kind=vaegan and --config.model.num_attributes=0.")
+    raise train.ConfigError("bn_statistics measures the unconditional 'vaegan' kind: "
+                            "set --config.kind=vaegan and --config.model.num_attributes=0.")
+  train.validate_config(config)  # every check the trainer makes, as one-line errors
   arch = models.Architecture.from_config(config.model)
   nets = models.Networks.create(arch)
   train_images = evaluator.load_images(config.data, config.data.train_split, 10**9)["image"]
