@@ -40,6 +40,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from vaegan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   step = FLAGS.step
   if step not in (None, "all", "latest", "best"):
     try:
@@ -49,13 +50,13 @@ def main(argv):
           f"--step must be an integer, 'best', 'all' or unset, got {step!r}.") from None
   if FLAGS.num < 2:
     raise FlagError(f"--num must be >= 2, got {FLAGS.num}.")
-  reports = evaluator.evaluate_workdir(
+  written = evaluator.evaluate_workdir(
       FLAGS.workdir, step, num=FLAGS.num, features=FLAGS.features,
       inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
       classifier_dir=FLAGS.classifier_dir)
-  for report in reports:
-    print(evaluator.format_table(report))
-    logging.info("Wrote %s.", evaluator.report_path(FLAGS.workdir, report["step"]))
+  for report in written:
+    print(reports.format_table(report))
+    logging.info("Wrote %s.", reports.report_path(FLAGS.workdir, report["step"]))
 
 
 if __name__ == "__main__":

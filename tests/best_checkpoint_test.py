@@ -15,6 +15,7 @@ from experiments.configs import tiny
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax.evaluation import evaluator
+from vaegan_jax.evaluation import reports
 from vaegan_jax.runtime import best_checkpoint
 from vaegan_jax.runtime import checkpoint
 
@@ -63,7 +64,7 @@ def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path,
   shutil.move(os.path.join(checkpoint.checkpoint_dir(wd), "4"), str(tmp_path / "bad4"))
   with pytest.raises(checkpoint.CheckpointError, match="no longer in"):
     checkpoint.resolve_step(wd, "best")
-  assert evaluator.refresh_best(wd, "samples.fid", [8])["step"] == 8
+  assert reports.refresh_best(wd, "samples.fid", [8])["step"] == 8
   train.train_and_evaluate(_config(10), wd)
   assert json.load(open(best_checkpoint.best_path(wd)))["step"] == 10
   assert checkpoint._all_steps(wd) == [10]
@@ -74,14 +75,14 @@ def test_keep_best_names_must_be_metrics():
   c.keep_best = "samples.fidd"
   with pytest.raises(train.ConfigError, match="keep_best='samples.fidd' is not a metric"):
     train.validate_config(c)
-  assert evaluator.best_metric("reconstructions.psnr") == ("reconstructions", "psnr", False)
-  assert evaluator.best_record({"step": 3, "samples": {"fid": float("nan")}}, "samples.fid",
+  assert reports.best_metric("reconstructions.psnr") == ("reconstructions", "psnr", False)
+  assert reports.best_record({"step": 3, "samples": {"fid": float("nan")}}, "samples.fid",
                                None) is None
   current = {"step": 1, "metric": "samples.fid", "value": 2.0, "features": "a"}
   worse = {"step": 3, "features": "a", "samples": {"fid": 2.5}}
-  assert evaluator.best_record(worse, "samples.fid", current) is None
+  assert reports.best_record(worse, "samples.fid", current) is None
   other_space = dict(worse, features="b")  # not comparable: it replaces the record
-  assert evaluator.best_record(other_space, "samples.fid", current)["step"] == 3
+  assert reports.best_record(other_space, "samples.fid", current)["step"] == 3
   higher = {"step": 5, "features": "a", "reconstructions": {"psnr": 30.0}}
   old = {"step": 1, "metric": "reconstructions.psnr", "value": 29.0, "features": "a"}
-  assert evaluator.best_record(higher, "reconstructions.psnr", old)["value"] == 30.0
+  assert reports.best_record(higher, "reconstructions.psnr", old)["value"] == 30.0

@@ -20,6 +20,7 @@ from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax import train_step as ts
 from vaegan_jax.evaluation import evaluator
+from vaegan_jax.evaluation import reports
 from vaegan_jax.evaluation import features
 from vaegan_jax.evaluation import metrics
 
@@ -246,7 +247,7 @@ def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path
   assert report["heldout_real"]["sharpness_spectral"] == pytest.approx(
       metrics.high_frequency_energy(held).mean() / ref["hf_energy"])
   assert evaluator.is_finite_report(report)
-  assert "no labels" in evaluator.format_table(report)
+  assert "no labels" in reports.format_table(report)
 
 
 def test_evaluate_sampler_scores_the_samplers_prior_samples(extractor):

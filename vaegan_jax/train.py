@@ -46,6 +46,7 @@ from vaegan_jax import models
 from vaegan_jax import sampling
 from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
+from vaegan_jax.evaluation import reports
 from vaegan_jax.evaluation import features as eval_features
 from vaegan_jax.runtime import best_checkpoint
 from vaegan_jax.runtime import checkpoint
@@ -138,7 +139,7 @@ def _validate_schedule(config) -> None:
   if int(config.get("eval_every", 0)) < 0:
     raise ValueError(f"eval_every must be >= 0 (0: off), got {config.eval_every}.")
   if config.get("keep_best"):
-    evaluator.best_metric(config.keep_best)
+    reports.best_metric(config.keep_best)
   if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
     raise ValueError(f"eval_num must be >= 2, got {config.get('eval_num')}; e.g. "
                      "--config.eval_num=1000.")
@@ -342,7 +343,7 @@ class _Run:
     # a record names the best one, which pruning keeps.
     keep_best = config.get("keep_best") if config.get("eval_every") else None
     if keep_best and is_chief:
-      evaluator.refresh_best(workdir, keep_best, list(mngr.all_steps()))
+      reports.refresh_best(workdir, keep_best, list(mngr.all_steps()))
     writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
     k = int(config.get("steps_per_dispatch", 1))
     if k > 1 and jax.default_backend() == "cpu":
@@ -449,7 +450,7 @@ def _after_dispatch(run: _Run, carry: _Carry, stop: loop.StopRequest) -> None:
     report = _evaluate(run.writer, run.workdir, parallel.unreplicate(carry.replicated), config,
                        run.extractor, run.no_features)
     if run.keep_best and report:
-      carry.pending_best = evaluator.best_record(report, run.keep_best,
+      carry.pending_best = reports.best_record(report, run.keep_best,
                                                  best_checkpoint.read_best(run.workdir))
   if (s % config.checkpoint_every == 0 or s == total
       or (run.keep_best and _eval_due(config, s, total))):  # every process knows this
@@ -558,16 +559,16 @@ def _evaluate(writer, workdir, state, config, extractor, no_features):
     logging.warning("Evaluation at step %d failed (%s: %s); training goes on.",
                     int(state.step), type(e).__name__, str(e).splitlines()[0][:300])
     return None
-  evaluator.write_report(workdir, report)
-  writer.write_eval(report["step"], evaluator.scalars(report))
-  for line in evaluator.format_table(report).splitlines():
+  reports.write_report(workdir, report)
+  writer.write_eval(report["step"], reports.scalars(report))
+  for line in reports.format_table(report).splitlines():
     logging.info("%s", line)
   return report
 
 
 def _record_best(workdir: str, record) -> None:
   """Names a just-saved step the best checkpoint (its save is in flight: a record whose
-  step never lands is rebuilt at the next start, ``evaluator.refresh_best``)."""
+  step never lands is rebuilt at the next start, ``reports.refresh_best``)."""
   if record is not None:
     best_checkpoint.write_best(workdir, record)
     logging.info("Best checkpoint by %s: step %d (%.4g).", record["metric"], record["step"],

@@ -6,6 +6,7 @@
                 classifier; the cache
   inception.py  the FID Inception-v3 in Flax (weights converted once from pytorch-fid's)
   evaluator.py  samples, held-out reconstructions, the real reference: one JSON report
+  reports.py    a report's files, scalars and table; the best checkpoint by one metric
   attributes.py attribute-conditional generators scored by an attribute classifier
                 (the paper's Sec. 5.3; ``experiments/evaluate_attributes.py``)
 

@@ -28,7 +28,7 @@ records it in ``workdir/best_checkpoint.json`` (``{"step", "metric", "value",
 "features"}``); pruning never deletes that step, and every loader takes
 ``step="best"``. A record whose step is gone (set aside as corrupt, or never
 saved because the run was killed first) is rebuilt by the trainer from the
-evaluation reports of the checkpoints that remain (``evaluator.refresh_best``).
+evaluation reports of the checkpoints that remain (``vaegan_jax.evaluation.reports.refresh_best``).
 
 Old checkpoints are deleted here, not by Orbax: only the newest ``keep`` are
 kept (and the best one), and an older one is deleted only once a newer save is confirmed complete
