@@ -48,12 +48,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from PIL import Image
 
 from vaegan_jax.runtime import cli  # pylint: disable=g-bad-import-order
 
 from experiments import rows
 from experiments.configs import celeba_vaegan
 from experiments.configs import default
+from experiments.configs import folder
 from vaegan_jax import data
 from vaegan_jax import layers
 from vaegan_jax import reference
@@ -72,8 +74,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtyp
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "fast"], "Conv implementation.")
 flags.DEFINE_bool("naive", True, "Also time the naive three-gradient step (routed rows only).")
 flags.DEFINE_integer("naive_steps", 5, "Timed gradient computations for routed vs naive.")
-flags.DEFINE_bool("input_pipeline", True, "Also time the input pipeline alone: digits, and "
-                  "CelebA-format files with threads and with worker processes.")
+flags.DEFINE_bool("input_pipeline", True, "Also time the input pipeline alone: digits, "
+                  "CelebA-format files with threads and with worker processes, and a folder of "
+                  "large JPEGs.")
 flags.DEFINE_integer("celeba_batches", 16, "Timed batches of the CelebA-format input rows.")
 flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference (experiments/torch_reference.py) "
@@ -289,9 +292,10 @@ def _images_per_s(it, batch_size: int, batches: int) -> float:
 
 
 def bench_input_pipeline(batch_size: int, batches: int = 50) -> list[dict]:
-  """Images/s of the input pipeline alone: digits, and CelebA-format files
-  (fake 178x218 JPEGs in the official zip, 64x64 crops with flips) read by
-  grain's threads and by worker processes."""
+  """Images/s of the input pipeline alone: digits; CelebA-format files (fake
+  178x218 JPEGs in the official zip, 64x64 crops with flips) read by grain's
+  threads and by worker processes; a folder of 2048x1536 JPEGs (a camera's
+  photographs, to 64x64) read by threads."""
   workers = max(1, min(8, os.cpu_count() or 1))
   c = default.get_config()
   rows = [dict(row="input_pipeline_digits", workers=f"{workers} threads", images_per_s=_images_per_s(
@@ -303,6 +307,14 @@ def bench_input_pipeline(batch_size: int, batches: int = 50) -> list[dict]:
       it = data.batch_iterator(cc, "train", batch_size, seed=0, **kw)
       rows.append(dict(row=f"input_pipeline_celeba64_{kind}", workers=f"{workers} {kind}",
                        images_per_s=_images_per_s(it, batch_size, FLAGS.celeba_batches)))
+    fc = folder.get_config().data
+    fc.folder = os.path.join(tmp, "photos")
+    os.makedirs(fc.folder)
+    for i, image in enumerate(data_testing.smooth_images(batch_size, height=1536, width=2048)):
+      Image.fromarray(image).save(os.path.join(fc.folder, f"{i:04d}.jpg"), quality=92)
+    it = data.batch_iterator(fc, "all", batch_size, seed=0)
+    rows.append(dict(row="input_pipeline_folder64_2048px_jpg", workers=f"{workers} threads",
+                     images_per_s=_images_per_s(it, batch_size, FLAGS.celeba_batches)))
   return rows
 
 

@@ -47,8 +47,9 @@ def main(argv):
     else:
       jax.distributed.initialize()
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import train_config  # pylint: disable=g-import-not-at-top
   if FLAGS.dry_run:
-    print(train.dry_run(FLAGS.config, FLAGS.workdir))
+    print(train_config.dry_run(FLAGS.config, FLAGS.workdir))
     return
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

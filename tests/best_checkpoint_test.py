@@ -14,6 +14,7 @@ import pytest
 from experiments.configs import tiny
 from vaegan_jax import sampling
 from vaegan_jax import train
+from vaegan_jax import train_config
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import reports
 from vaegan_jax.runtime import best_checkpoint
@@ -73,8 +74,8 @@ def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path,
 def test_keep_best_names_must_be_metrics():
   c = _config(4)
   c.keep_best = "samples.fidd"
-  with pytest.raises(train.ConfigError, match="keep_best='samples.fidd' is not a metric"):
-    train.validate_config(c)
+  with pytest.raises(train_config.ConfigError, match="keep_best='samples.fidd' is not a metric"):
+    train_config.validate_config(c)
   assert reports.best_metric("reconstructions.psnr") == ("reconstructions", "psnr", False)
   assert reports.best_record({"step": 3, "samples": {"fid": float("nan")}}, "samples.fid",
                                None) is None

@@ -63,7 +63,7 @@ from experiments.configs import tiny
 from vaegan_jax import layers
 from vaegan_jax import models
 from vaegan_jax import train
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 from vaegan_jax.data import pipeline as ip
 
 CONFIGS = {"tiny": tiny, "default": default}
@@ -82,13 +82,14 @@ def _config(name, kind, dtype, **kw):
 
 @functools.lru_cache(maxsize=None)
 def _grad_jit(arch, loss_config):
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), loss_config=loss_config)
+  fn = functools.partial(train_step.routed_loss, nets=models.Networks.create(arch),
+                         loss_config=loss_config)
   return jax.jit(jax.grad(lambda p, st, x, eps, z_p: fn(p, st, x, None, eps, z_p)[0]))
 
 
 def _grads(config, params, *args):
   return _grad_jit(models.Architecture.from_config(config.model),
-                   ts.LossConfig.from_config(config))(params, *args)
+                   train_step.LossConfig.from_config(config))(params, *args)
 
 
 def _rel(a, b):
@@ -124,9 +125,9 @@ CASES = [
 @pytest.mark.parametrize("name,kind,leaf_tol", CASES)
 def test_bf16_routed_gradient_matches_float32(name, kind, leaf_tol):
   c32, c16 = _config(name, kind, "float32"), _config(name, kind, "bfloat16")
-  state = ts.create_train_state(c32, jax.random.PRNGKey(0))
+  state = train_step.create_train_state(c32, jax.random.PRNGKey(0))
   x = jnp.asarray(next(ip.batch_iterator(c32.data, "train", BATCH, seed=0, num_workers=1))["image"])
-  eps, z_p = ts.draw_noise(state.rng, state.step, BATCH, c32.model.z_dim, None)
+  eps, z_p = train_step.draw_noise(state.rng, state.step, BATCH, c32.model.z_dim, None)
   args = (state.batch_stats, x, eps, z_p)
   g32 = _grads(c32, state.params, *args)
   g16 = _grads(c16, state.params, *args)
@@ -135,7 +136,7 @@ def test_bf16_routed_gradient_matches_float32(name, kind, leaf_tol):
   noise = treedef.unflatten([jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
   perturbed = jax.tree.map(lambda p, u: p * (1 + 2.0**-9 * u), state.params, noise)
   floor = _grads(c32, perturbed, *args)
-  assert set(g16) == set(ts.GROUPS[kind])
+  assert set(g16) == set(train_step.GROUPS[kind])
   for g in g16:
     assert {l.dtype for l in jax.tree.leaves(g16[g])} == {jnp.dtype(jnp.float32)}, g
     err, fl, cos = _rel(g16[g], g32[g]), _rel(floor[g], g32[g]), _cos(g16[g], g32[g])
@@ -206,9 +207,9 @@ def test_bf16_batchnorm_statistics_and_backward_are_float32():
 
 def test_bf16_train_step_keeps_params_optimizer_and_statistics_float32():
   config = _config("tiny", "vaegan", "bfloat16", gan_form="non_saturating")
-  state = ts.create_train_state(config, jax.random.PRNGKey(0))
+  state = train_step.create_train_state(config, jax.random.PRNGKey(0))
   x = jnp.asarray(next(ip.batch_iterator(config.data, "train", BATCH, seed=0, num_workers=1))["image"])
-  step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
+  step = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))
   new, metrics = step(state, {"image": x})
   f32 = jnp.dtype(jnp.float32)
   for part in ("params", "opt_state", "batch_stats"):
@@ -217,7 +218,7 @@ def test_bf16_train_step_keeps_params_optimizer_and_statistics_float32():
     assert before and {l.dtype for l in after} == {l.dtype for l in before} == {f32}, part
     assert all(np.isfinite(l).all() for l in after), part
     assert any(not np.array_equal(a, b) for a, b in zip(after, before)), part
-  for name in ts.LOSS_BITS:  # kl_prior, llike, gan_bce, dec_gan
+  for name in train_step.LOSS_BITS:  # kl_prior, llike, gan_bce, dec_gan
     assert metrics[name].dtype == f32 and np.isfinite(metrics[name]), name
   assert {m.dtype for m in metrics.values()} == {f32}
   assert int(new.bad_step) == -1

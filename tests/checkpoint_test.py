@@ -24,7 +24,7 @@ import pytest
 from experiments.configs import tiny
 from vaegan_jax import sampling
 from vaegan_jax import sampling_outputs
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
 from vaegan_jax.runtime import checkpoint
@@ -43,7 +43,7 @@ def _config(**model):
 @pytest.fixture(scope="module")
 def state():
   """A host TrainState of the tiny VAE-GAN (step 0)."""
-  return jax.device_get(ts.create_train_state(_config(), jax.random.PRNGKey(0)))
+  return jax.device_get(train_step.create_train_state(_config(), jax.random.PRNGKey(0)))
 
 
 def _at(state, step):
@@ -54,7 +54,7 @@ def _at(state, step):
 
 def _template(config=None):
   config = config or _config()
-  return jax.eval_shape(lambda: ts.create_train_state(config, jax.random.PRNGKey(0)))
+  return jax.eval_shape(lambda: train_step.create_train_state(config, jax.random.PRNGKey(0)))
 
 
 def _save(wd, state, steps, config=None, keep=3):
@@ -142,7 +142,7 @@ def test_flipped_bytes_are_detected_and_restore_latest_falls_back(tmp_path, stat
   with caplog.at_level(logging.WARNING):
     restored = checkpoint.restore_latest(wd, _template(), quarantine=quarantine)
   assert restored.step == 2 and int(restored.state.step) == 2
-  assert isinstance(restored.state, ts.TrainState)
+  assert isinstance(restored.state, train_step.TrainState)
   _assert_same(restored.state, _at(state, 2))
   assert restored.config.model.z_dim == 8 and restored.config.model.enc_widths == (8, 16, 16)
   warning = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]

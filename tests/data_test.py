@@ -348,6 +348,35 @@ def test_celeba_extracted_folder(tmp_path):
   assert abs(out[0].mean() - _SHIFTED_MEAN) < 8
 
 
+@pytest.mark.parametrize("zipped", [True, False])
+def test_celeba_damaged_image_is_one_line_naming_it(tmp_path, zipped):
+  """A flipped byte inside the zip (bad CRC / bad deflate stream) or a truncated
+  extracted JPEG: one DataError line naming the image and the re-download."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  manual_dir = str(tmp_path / "m")
+  _write_celeba(manual_dir, _celeba_images()[:2], [0, 0], np.ones((2, 40), int), zipped=zipped)
+  if zipped:
+    path = os.path.join(manual_dir, "img_align_celeba.zip")
+    with zipfile.ZipFile(path) as zf:
+      info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("000002.jpg")))
+    raw = bytearray(open(path, "rb").read())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+  else:
+    path = os.path.join(manual_dir, "img_align_celeba", "000002.jpg")
+    good = open(path, "rb").read()
+    open(path, "wb").write(good[:len(good) // 3])
+  source = ip.get_source(_config(name="celeb_a", image_size=64, channels=3,
+                                 manual_dir=manual_dir), "train")
+  assert source.get(np.array([0]))["image"].shape == (1, 64, 64, 3)  # the intact image
+  with pytest.raises(ip.DataError) as e:
+    source.get(np.array([1]))
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith("Cannot read CelebA image 000002.jpg (")
+  assert msg.endswith("re-download img_align_celeba.zip.")
+
+
 def test_celeba_missing_files(tmp_path):
   manual_dir = str(tmp_path / "empty")
   os.makedirs(manual_dir)
@@ -435,6 +464,56 @@ def test_folder_errors(tmp_path):
     ip.validate(_config(name="folder", folder=str(tmp_path)))
   with pytest.raises(ip.DataError, match="data.folder is not set"):
     ip.validate(_config(name="folder"))
+
+
+def test_folder_scales_16_bit_and_float_images_instead_of_clipping(tmp_path):
+  """PIL's own convert() clips a 16-bit PNG's values to 255 (a white image)."""
+  from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
+  ramp = np.tile(np.linspace(0, 1, 32), (32, 1))
+  Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "a.png")
+  Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "b.tif")
+  expected = (ramp * 255).round()
+  for name in ("a.png", "b.tif"):
+    for channels in (1, 3):
+      out = folder.load_folder_image(str(tmp_path / name), 32, channels)
+      assert out.shape == (32, 32, channels) and out.dtype == np.uint8
+      np.testing.assert_allclose(out[..., 0], expected, atol=1, err_msg=name)
+  assert folder.list_files(_config(name="folder", folder=str(tmp_path)))[1] == ["a.png", "b.tif"]
+  nan = ramp.astype(np.float32)
+  nan[3, 4] = np.nan
+  Image.fromarray(nan).save(tmp_path / "c.tif")
+  with pytest.raises(ip.DataError, match=r"c.tif has NaN or infinite values: remove or fix it"):
+    folder.load_folder_image(str(tmp_path / "c.tif"), 32, 3)
+
+
+def test_folder_decodes_large_jpegs_at_reduced_scale_close_to_a_full_decode(tmp_path):
+  from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.data import readers  # pylint: disable=g-import-not-at-top
+  y, x = np.mgrid[0:768, 0:1024] / 64.0
+  photo = np.stack([127 + 120 * np.sin(x), 127 + 120 * np.cos(y), 127 + 60 * np.sin(x + y)], -1)
+  Image.fromarray(photo.astype(np.uint8)).save(tmp_path / "p.jpg", quality=95)
+  with Image.open(tmp_path / "p.jpg") as im:
+    assert im.draft(None, (64, 64))[1][2:] == (128.0, 96.0)  # this JPEG does scale: 1/8
+  with Image.open(tmp_path / "p.jpg") as im:
+    full = readers.from_pil(readers.resize(readers.center_square(im.convert("RGB")), 32))
+  out = folder.load_folder_image(str(tmp_path / "p.jpg"), 32, 3)
+  diff = np.abs(out.astype(int) - full)
+  assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("content", [b"<html>not an image</html>", "truncated"])
+def test_folder_unreadable_file_is_one_line_naming_it(tmp_path, content):
+  from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "x.jpg"
+  if content == "truncated":
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
+    content = path.read_bytes()[:len(path.read_bytes()) // 2]
+  path.write_bytes(content)
+  with pytest.raises(ip.DataError) as e:
+    folder.load_folder_image(str(path), 16, 3)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(f"Cannot read image {path} (")
+  assert msg.endswith("remove or fix it.")
 
 
 # ----------------------------------------------------------------------------

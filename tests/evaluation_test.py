@@ -18,7 +18,7 @@ from PIL import Image
 from experiments.configs import tiny
 from vaegan_jax import sampling
 from vaegan_jax import train
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import reports
 from vaegan_jax.evaluation import features
@@ -167,7 +167,7 @@ def test_real_vs_real_beats_real_vs_untrained_on_every_metric(extractor):
   """
   config = _config()
   held = evaluator.load_images(config.data, "test", 364)
-  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  state = jax.device_get(train_step.create_train_state(config, jax.random.PRNGKey(0)))
   untrained, _ = sampling.sample(sampling.Sampler.from_state(config, state),
                                  jax.random.PRNGKey(1), 364)
   untrained = extractor(np.asarray(untrained))
@@ -230,7 +230,7 @@ def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path
   assert ext is None and "no labels" in why
   with pytest.raises(features.FeatureError, match="no labels"):
     features.resolve("classifier", config.data)
-  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  state = jax.device_get(train_step.create_train_state(config, jax.random.PRNGKey(0)))
   report = evaluator.evaluate_state(state, config, num=100, extractor=None,
                                     no_features_reason=why)
   assert report["features"] is None
@@ -252,7 +252,7 @@ def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path
 
 def test_evaluate_sampler_scores_the_samplers_prior_samples(extractor):
   config = _config()
-  state = jax.device_get(ts.create_train_state(config, jax.random.PRNGKey(0)))
+  state = jax.device_get(train_step.create_train_state(config, jax.random.PRNGKey(0)))
   sampler = sampling.Sampler.from_state(config, state)
   got = evaluator.evaluate_sampler(sampler, config.data, extractor, num=100, seed=3)
   reference = evaluator.real_features(extractor, config.data, "train", 100)

@@ -20,7 +20,7 @@ LAYERS = (
     ("inference and the classifier", ("vaegan_jax.sampling", "vaegan_jax.sampling_outputs",
                                       "vaegan_jax.classifier")),
     ("evaluation", ("vaegan_jax.evaluation",)),
-    ("training", ("vaegan_jax.train",)),
+    ("training", ("vaegan_jax.train_config", "vaegan_jax.train")),
     ("studies", ("vaegan_jax.studies",)),
     ("binaries", ("experiments",)),
 )

@@ -9,7 +9,7 @@ import pytest
 from experiments.configs import tiny
 from vaegan_jax import data
 from vaegan_jax import sampling
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 
 
 @pytest.mark.slow  # 17 s: 300 steps of training
@@ -17,8 +17,8 @@ def test_vaegan_lowers_reconstruction_error_and_dis_beats_chance():
   c = tiny.get_config()
   c.model.conv_impl = "xla"
   c.batch_size = 32
-  state = ts.create_train_state(c, jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(ts.train_step, config=c, axis_name=None))
+  state = train_step.create_train_state(c, jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train_step.train_step, config=c, axis_name=None))
   batches = data.batch_iterator(c.data, "train", c.batch_size, seed=0)
   held_out = next(data.batch_iterator(c.data, "test", 64, seed=0, shuffle=False))
   x_eval = held_out["image"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 from vaegan_jax.runtime import parallel
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -28,14 +28,14 @@ def test_eight_devices_match_one_device(kind):
   b = 16
   rng = np.random.RandomState(0)
   xs = [rng.uniform(-1, 1, (b, 16, 16, 1)).astype(np.float32) for _ in range(2)]
-  state = ts.create_train_state(c, jax.random.PRNGKey(0))
+  state = train_step.create_train_state(c, jax.random.PRNGKey(0))
 
-  one = jax.jit(functools.partial(ts.train_step, config=c, axis_name=None))
+  one = jax.jit(functools.partial(train_step.train_step, config=c, axis_name=None))
   s1 = state
   for x in xs:
     s1, m1 = one(s1, {"image": x})
 
-  step8 = ts.make_pmapped_step(c)
+  step8 = train_step.make_pmapped_step(c)
   s8 = parallel.replicate(state)
   for x in xs:
     s8, m8 = step8(s8, parallel.shard({"image": x}))
@@ -66,7 +66,7 @@ def test_the_training_loop_traces_its_step_once(monkeypatch, tmp_path):
   leaks into its trace."""
   import chex  # pylint: disable=g-import-not-at-top
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(ts, "train_step", chex.assert_max_traces(ts.train_step, n=1))
+  monkeypatch.setattr(train_step, "train_step", chex.assert_max_traces(train_step.train_step, n=1))
   c = tiny.get_config()
   c.model.conv_impl = "xla"
   c.num_train_steps, c.log_every, c.checkpoint_every, c.sample_every = 5, 2, 2, 100
@@ -74,9 +74,9 @@ def test_the_training_loop_traces_its_step_once(monkeypatch, tmp_path):
   train.train_and_evaluate(c, str(tmp_path / "wd"))
   # A second trace of the same function would raise; prove the counter is live.
   chex.clear_trace_counter()
-  step = ts.make_pmapped_step(c)
-  state = parallel.replicate(ts.create_train_state(c, jax.random.PRNGKey(0)))
+  step = train_step.make_pmapped_step(c)
+  state = parallel.replicate(train_step.create_train_state(c, jax.random.PRNGKey(0)))
   x = np.zeros((8, 16, 16, 1), np.float32)
   state, _ = step(state, parallel.shard({"image": x}))
   with pytest.raises(AssertionError, match="traced"):
-    ts.make_pmapped_step(c)(state, parallel.shard({"image": x[:, :8, :8]}))
+    train_step.make_pmapped_step(c)(state, parallel.shard({"image": x[:, :8, :8]}))

@@ -14,7 +14,7 @@ from PIL import Image
 from experiments.configs import tiny
 from vaegan_jax import models
 from vaegan_jax import sampling
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 from vaegan_jax.runtime import image_grid
 
 ATOL = 1e-5  # Different batch shapes may pick different XLA kernels.
@@ -35,8 +35,8 @@ def _images(seed, b, s=16, c=1):
 def trained():
   """(config, state, sampler) after two training steps on random images."""
   config = _config()
-  state = ts.create_train_state(config, jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
+  state = train_step.create_train_state(config, jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))
   for i in range(2):
     state, _ = step(state, {"image": _images(i, 8)})
   # Training moved the BN running averages away from their init (0 / 1), so

@@ -24,7 +24,8 @@ import pytest
 from experiments.configs import tiny
 from vaegan_jax import sampling
 from vaegan_jax import train
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_config
+from vaegan_jax import train_step
 from vaegan_jax.runtime import parallel
 
 
@@ -61,11 +62,11 @@ def _max_rel_diff(a, b) -> float:
 @pytest.mark.slow  # 11 s; the default suite compares whole runs (blocks vs single steps)
 def test_a_block_equals_its_steps_one_by_one_on_8_devices():
   c = _config()
-  state = ts.create_train_state(c, jax.random.PRNGKey(0))
+  state = train_step.create_train_state(c, jax.random.PRNGKey(0))
   rng = np.random.RandomState(0)
   xs = [rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32) for _ in range(3)]
-  one = ts.make_pmapped_step(c, donate=False)
-  block = ts.make_pmapped_step(c, donate=False, block=True)
+  one = train_step.make_pmapped_step(c, donate=False)
+  block = train_step.make_pmapped_step(c, donate=False, block=True)
   r1 = parallel.replicate(state)
   metrics1 = []
   for x in xs:
@@ -143,7 +144,7 @@ def test_resume_with_blocks_is_exact(tmp_path):
 
 
 def test_steps_per_dispatch_must_be_positive(tmp_path):
-  with pytest.raises(train.ConfigError, match="steps_per_dispatch must be positive"):
+  with pytest.raises(train_config.ConfigError, match="steps_per_dispatch must be positive"):
     train.train_and_evaluate(_config(steps_per_dispatch=0), str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 

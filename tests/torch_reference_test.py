@@ -40,7 +40,7 @@ from experiments import torch_reference as tr  # pylint: disable=g-import-not-at
 from experiments.configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vaegan_jax import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 B = 8
 GRAD_RTOL = 2e-4
@@ -169,7 +169,7 @@ class _State:  # params and batch_stats of the groups of one kind, as TrainState
 
   def __init__(self, c):
     v = _variables(models.Architecture.from_config(c.model))
-    groups = ts.GROUPS[c.kind]
+    groups = train_step.GROUPS[c.kind]
     self.params = {g: v[g]["params"] for g in groups}
     self.batch_stats = {g: v[g]["batch_stats"] for g in groups}
 
@@ -178,9 +178,9 @@ def _ours_grads(c, x, eps, z_p):
   """jax.grad of routed_loss (eager: the tiny model's ops compile once for all cases)."""
   state = _State(c)
   nets = models.Networks.create(models.Architecture.from_config(c.model))
-  loss_config = ts.LossConfig.from_config(c)
+  loss_config = train_step.LossConfig.from_config(c)
   grads, (terms, _) = jax.grad(
-      lambda p: ts.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets,
+      lambda p: train_step.routed_loss(p, state.batch_stats, x, None, eps, z_p, nets=nets,
                                loss_config=loss_config),
       has_aux=True)(state.params)
   return state, jax.tree.map(np.asarray, grads), {k: float(v) for k, v in terms.items()}
@@ -228,7 +228,7 @@ def test_routed_gradients_match_ours(case):
   routings = ("single", "three") if case["kind"] == "vaegan" else ("single",)
   for routing in routings:
     theirs, terms = _torch_grads(c, state, x, eps, z_p, routing)
-    assert set(theirs) == set(ours) == set(ts.GROUPS[c.kind])
+    assert set(theirs) == set(ours) == set(train_step.GROUPS[c.kind])
     for k in ("kl_prior", "llike", "gan_bce", "dec_gan"):
       if k in terms:
         np.testing.assert_allclose(terms[k], ours_terms[k], rtol=1e-5, err_msg=k)

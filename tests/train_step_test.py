@@ -17,7 +17,7 @@ import pytest
 from experiments.configs import tiny
 from vaegan_jax import models
 from vaegan_jax import reference
-from vaegan_jax import train_step as ts
+from vaegan_jax import train_step
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -32,11 +32,11 @@ def _config(kind, **kw):
 
 
 def _setup(config, seed=0, b=8):
-  state = ts.create_train_state(config, jax.random.PRNGKey(seed))
+  state = train_step.create_train_state(config, jax.random.PRNGKey(seed))
   rng = np.random.RandomState(seed)
   s = config.model.image_size
   x = jnp.asarray(rng.uniform(-1, 1, (b, s, s, config.model.channels)), jnp.float32)
-  eps, z_p = ts.draw_noise(state.rng, state.step, b, config.model.z_dim, None)
+  eps, z_p = train_step.draw_noise(state.rng, state.step, b, config.model.z_dim, None)
   return state, x, eps, z_p
 
 
@@ -55,12 +55,13 @@ def _routed_grad_fn(config):
   One jitted function per (architecture, loss config), shared by the tests.
   """
   return _routed_grad_jit(models.Architecture.from_config(config.model),
-                          ts.LossConfig.from_config(config))
+                          train_step.LossConfig.from_config(config))
 
 
 @functools.lru_cache(maxsize=None)
 def _routed_grad_jit(arch, loss_config):
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch), loss_config=loss_config)
+  fn = functools.partial(train_step.routed_loss, nets=models.Networks.create(arch),
+                         loss_config=loss_config)
   return jax.jit(jax.grad(lambda p, st, x, eps, z_p: fn(p, st, x, None, eps, z_p)[0]))
 
 
@@ -114,7 +115,7 @@ def test_each_group_gets_exactly_its_own_gradient(kind, kw):
   state, x, eps, z_p = _setup(config)
   routed = _routed_grads(config, state, x, eps, z_p)
   refs = reference_group_losses(config, state, x, eps, z_p)
-  assert set(routed) == set(refs) == set(ts.GROUPS[kind])
+  assert set(routed) == set(refs) == set(train_step.GROUPS[kind])
   for group, loss in refs.items():
     ref = jax.jit(jax.grad(loss))(state.params[group])
     _assert_tree_close(routed[group], ref, rtol=2e-4)
@@ -124,8 +125,8 @@ def test_each_group_gets_exactly_its_own_gradient(kind, kw):
 def test_train_step_applies_rmsprop_to_each_groups_own_gradient():
   config = _config("vaegan")
   state, x, eps, z_p = _setup(config)
-  new_state, metrics = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))(
-      state, {"image": x})
+  step = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))
+  new_state, metrics = step(state, {"image": x})
   refs = reference_group_losses(config, state, x, eps, z_p)
   tx = optax.scale_by_rms(decay=config.rmsprop_decay, eps=config.rmsprop_eps, eps_in_sqrt=False)
   for group, loss in refs.items():
@@ -189,7 +190,7 @@ def test_train_step_later_steps_match_hand_computed_rmsprop(eps_in_sqrt):
   config = _config("vaegan", rmsprop_eps=1e-4, rmsprop_eps_in_sqrt=eps_in_sqrt)
   rho, eps_opt, lr = config.rmsprop_decay, config.rmsprop_eps, config.learning_rate
   state, _, _, _ = _setup(config)
-  step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
+  step = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))
   ref_grads = jax.jit(functools.partial(reference.naive_grads, config))
   rng = np.random.RandomState(1)
   s = config.model.image_size
@@ -197,7 +198,7 @@ def test_train_step_later_steps_match_hand_computed_rmsprop(eps_in_sqrt):
   nu = {g: jax.tree.map(np.zeros_like, f64(p)) for g, p in state.params.items()}
   for t in range(3):
     x = jnp.asarray(rng.uniform(-1, 1, (8, s, s, 1)), jnp.float32)
-    eps, z_p = ts.draw_noise(state.rng, state.step, 8, config.model.z_dim, None)
+    eps, z_p = train_step.draw_noise(state.rng, state.step, 8, config.model.z_dim, None)
     grads = f64(ref_grads(state.params, state.batch_stats, x, eps, z_p))
     new_state, metrics = step(state, {"image": x})
     assert float(metrics["skipped_decoder"]) == float(metrics["skipped_discriminator"]) == 0.0
@@ -219,7 +220,7 @@ def test_train_step_later_steps_match_hand_computed_rmsprop(eps_in_sqrt):
   assert int(state.step) == 3
 
 
-@pytest.mark.parametrize("gan_form", ts.GAN_FORMS)
+@pytest.mark.parametrize("gan_form", train_step.GAN_FORMS)
 def test_gan_loss_never_reaches_encoder(gan_form):
   # Changing the Dis layers above Dis_l changes L_GAN but not L_llike: the
   # encoder's gradient must not change by a single bit.
@@ -264,16 +265,16 @@ def test_gamma_scales_only_decoder_llike_gradient():
 
 
 def test_balance_rule():
-  loss_config = ts.LossConfig(balance=True)
-  f = lambda r, fk: {k: bool(v) for k, v in ts._balance_flags(
+  loss_config = train_step.LossConfig(balance=True)
+  f = lambda r, fk: {k: bool(v) for k, v in train_step._balance_flags(
       {"gan_bce": 0.0, "balance_real_cost": jnp.float32(r),
        "balance_fake_cost": jnp.float32(fk)}, loss_config).items()}
   assert f(0.7, 0.7) == {"decoder": True, "discriminator": True}
   assert f(0.2, 0.7) == {"decoder": True, "discriminator": False}  # Dis too good
   assert f(0.7, 1.2) == {"decoder": False, "discriminator": True}  # Dec too bad
   assert f(0.2, 1.2) == {"decoder": True, "discriminator": True}  # both -> both
-  off = ts.LossConfig(balance=False)
-  assert all(bool(v) for v in ts._balance_flags(
+  off = train_step.LossConfig(balance=False)
+  assert all(bool(v) for v in train_step._balance_flags(
       {"gan_bce": 0.0, "balance_real_cost": 0.0, "balance_fake_cost": 9.0}, off).values())
 
 
@@ -281,7 +282,7 @@ def test_balance_rule_skips_discriminator_update_in_step():
   config = _config("vaegan", balance=True, balance_equilibrium=100.0, balance_margin=1.0)
   # Costs are far below 99: Dis is "too good" -> its update is skipped.
   state, x, _, _ = _setup(config)
-  new, m = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))(
+  new, m = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))(
       state, {"image": x})
   assert float(m["skipped_discriminator"]) == 1.0 and float(m["skipped_decoder"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, new.params["discriminator"],
@@ -293,12 +294,12 @@ def test_balance_rule_skips_discriminator_update_in_step():
 def test_nonfinite_loss_freezes_state_and_records_step():
   config = _config("vaegan")
   state, x, _, _ = _setup(config)
-  step = jax.jit(functools.partial(ts.train_step, config=config, axis_name=None))
+  step = jax.jit(functools.partial(train_step.train_step, config=config, axis_name=None))
   state, _ = step(state, {"image": x})
   bad_x = x.at[0, 0, 0, 0].set(jnp.nan)
   new, _ = step(state, {"image": bad_x})
   assert int(new.bad_step) == 1
-  assert "kl_prior" in ts.bad_terms_names(int(new.bad_terms))
+  assert "kl_prior" in train_step.bad_terms_names(int(new.bad_terms))
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
   jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
   newer, _ = step(new, {"image": x})  # stays frozen at the last good state
@@ -313,8 +314,8 @@ def test_conditional_model_routing(gan_form):
   state, x, eps, z_p = _setup(config)
   y = jnp.asarray(np.random.RandomState(1).randint(0, 2, (x.shape[0], 3)), jnp.float32)
   arch = models.Architecture.from_config(config.model)
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch),
-                         loss_config=ts.LossConfig.from_config(config))
+  fn = functools.partial(train_step.routed_loss, nets=models.Networks.create(arch),
+                         loss_config=train_step.LossConfig.from_config(config))
   routed = jax.jit(jax.grad(lambda p: fn(p, state.batch_stats, x, y, eps, z_p)[0]))(state.params)
   refs = reference.group_losses(config, state.params, state.batch_stats, x, eps, z_p, y)
   for group, loss in refs.items():
@@ -336,8 +337,8 @@ def test_compiled_step_has_one_backward_per_path(kind, kw):
   config = _config(kind, **kw)
   state, x, eps, z_p = _setup(config)
   arch = models.Architecture.from_config(config.model)
-  fn = functools.partial(ts.routed_loss, nets=models.Networks.create(arch),
-                         loss_config=ts.LossConfig.from_config(config))
+  fn = functools.partial(train_step.routed_loss, nets=models.Networks.create(arch),
+                         loss_config=train_step.LossConfig.from_config(config))
   loss = lambda p: fn(p, state.batch_stats, x, None, eps, z_p)[0]
   forward, routed = _flops(loss, state.params), _flops(jax.grad(loss), state.params)
   naive = _flops(lambda p: reference.naive_grads(config, p, state.batch_stats, x, eps, z_p),

@@ -14,6 +14,7 @@ from experiments.configs import tiny
 from vaegan_jax import classifier
 from vaegan_jax import data
 from vaegan_jax import train
+from vaegan_jax import train_config
 from vaegan_jax.runtime import checkpoint
 
 
@@ -34,9 +35,9 @@ def test_nonfinite_loss_before_any_checkpoint_says_none_is_kept(tmp_path):
 
 @pytest.mark.parametrize("batch_size", [0, -1])
 def test_a_batch_size_that_is_not_positive_is_called_so(batch_size):
-  with pytest.raises(train.ConfigError, match=f"batch_size={batch_size} must be a positive "
+  with pytest.raises(train_config.ConfigError, match=f"batch_size={batch_size} must be a positive "
                      "integer") as e:
-    train.validate_config(_config(batch_size=batch_size))
+    train_config.validate_config(_config(batch_size=batch_size))
   assert "divisible" not in str(e.value)
 
 
@@ -44,7 +45,8 @@ def test_resuming_as_another_kind_names_the_kind_change(tmp_path):
   """vaegan -> gan changes the parameter tree (no encoder): the refusal names the kind."""
   wd = str(tmp_path)
   train.train_and_evaluate(_config(num_train_steps=2, checkpoint_every=2), wd)
-  with pytest.raises(train.ConfigError, match=r"kind: 'vaegan' -> 'gan'.*allow_config_change"):
+  with pytest.raises(train_config.ConfigError,
+                     match=r"kind: 'vaegan' -> 'gan'.*allow_config_change"):
     train.train_and_evaluate(_config(num_train_steps=4, kind="gan"), wd)
   assert checkpoint._all_steps(wd) == [2]
 

@@ -1,10 +1,12 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Reads top to bottom: the config checks (``validate_config``, ``dry_run``);
-``train_and_evaluate``, which locks the workdir, builds or restores the state
-and runs the loop (``_train``); the loop's pieces in the order it runs them
-(one dispatch, then the log line, grids, evaluation and checkpoint due at that
-step, then the final save); last, their helpers. Evaluations
+Reads top to bottom: ``train_and_evaluate``, which checks the config and the
+workdir (``train_config``: the settings and the data before anything
+compiles, a resumed checkpoint's config against this one), locks the
+workdir, builds or restores the state and runs the loop (``_train``); the
+loop's pieces in the order it runs them (one dispatch, then the log line,
+grids, evaluation and checkpoint due at that step, then the final save);
+last, their helpers. Evaluations
 (``config.eval_every``: FID, KID, precision/recall and reconstruction metrics)
 are ``vaegan_jax/evaluation``'s; the grids are decoded by ``vaegan_jax/sampling``.
 Resuming is exact: the state holds the step and the RNG key, and the input
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -44,6 +45,7 @@ from absl import logging
 from vaegan_jax import data
 from vaegan_jax import models
 from vaegan_jax import sampling
+from vaegan_jax import train_config
 from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import reports
@@ -63,144 +65,8 @@ class NonFiniteLossError(UserError, RuntimeError):
   """A loss became NaN/inf; the message names the step and the loss."""
 
 
-class ConfigError(UserError, ValueError):
-  """A config that can't work; the message is one line naming the fix."""
-
-
 class DiskFullError(UserError, RuntimeError):
   """The workdir's disk filled up; the message names the newest checkpoint kept."""
-
-
-# A resumed run with another value of these is another experiment: refused
-# unless --config.allow_config_change=True.
-EXPERIMENT_FIELDS = ("kind", "data.name", "data.folder", "data.train_split",
-                     "data.num_examples", "data.image_size", "data.channels",
-                     "data.label_attributes", "model.num_attributes")
-# Run-time settings that may change between runs without a word.
-RUNTIME_FIELDS = ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
-                  "keep_checkpoints", "keep_best", "num_sample_images", "eval_every", "eval_num",
-                  "eval_features", "eval_inception_weights", "allow_config_change",
-                  "model.conv_impl", "data.data_dir", "data.manual_dir",
-                  "steps_per_dispatch")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-  """All checks that can fail, before anything compiles. Raises ConfigError/DataError."""
-  try:
-    return _validate(config)
-  except data.DataError:
-    raise
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise ConfigError(str(e).strip().splitlines()[0]) from e
-
-
-def _validate(config) -> data.DatasetInfo:
-  arch = models.Architecture.from_config(config.model)
-  arch.validate()
-  train_step.LossConfig.from_config(config).validate()
-  _validate_schedule(config)
-  parallel.check_batch_size(config.batch_size)
-  if config.data.image_size != arch.image_size or config.data.channels != arch.channels:
-    raise ValueError(
-        f"data is {config.data.image_size}x{config.data.image_size}x{config.data.channels} but "
-        f"the model expects {arch.image_size}x{arch.image_size}x{arch.channels}; set "
-        "--config.data.image_size/channels and --config.model.image_size/channels alike.")
-  info = data.validate(config.data)
-  if config.batch_size > info.num_examples:
-    raise ValueError(
-        f"batch_size={config.batch_size} is larger than the {info.num_examples} examples of "
-        f"{info.name!r} split {config.data.train_split!r}; use --config.batch_size="
-        f"{max(jax.device_count(), info.num_examples // jax.device_count() * jax.device_count())}"
-        " or more data.")
-  if arch.num_attributes and len(info.attribute_names) != arch.num_attributes:
-    raise ValueError(
-        f"model.num_attributes={arch.num_attributes} but dataset {info.name!r} has "
-        f"{len(info.attribute_names)} attributes; set --config.model.num_attributes="
-        f"{len(info.attribute_names)}.")
-  return info
-
-
-def _validate_schedule(config) -> None:
-  """The steps, learning rate, checkpointing and evaluation settings."""
-  if config.lr_schedule not in ("constant", "authors"):
-    raise ValueError(f"lr_schedule must be 'constant' or 'authors', got {config.lr_schedule!r}.")
-  for k in ("num_train_steps", "log_every", "checkpoint_every", "sample_every",
-            "steps_per_dispatch"):
-    if int(config.get(k, 1)) <= 0:
-      raise ValueError(f"{k} must be positive, got {config[k]}; e.g. "
-                       f"--config.{k}={10 if k == 'steps_per_dispatch' else 100}.")
-  if int(config.keep_checkpoints) < 1:
-    raise ValueError(f"keep_checkpoints must be >= 1 (it would delete every checkpoint), "
-                     f"got {config.keep_checkpoints}; e.g. --config.keep_checkpoints=3.")
-  lr = float(config.learning_rate)
-  if not (math.isfinite(lr) and lr > 0):
-    raise ValueError(f"learning_rate must be a positive number, got {config.learning_rate}; "
-                     "e.g. --config.learning_rate=3e-4.")
-  if int(config.get("eval_every", 0)) < 0:
-    raise ValueError(f"eval_every must be >= 0 (0: off), got {config.eval_every}.")
-  if config.get("keep_best"):
-    reports.best_metric(config.keep_best)
-  if config.get("eval_every") and int(config.get("eval_num", 0)) < 2:
-    raise ValueError(f"eval_num must be >= 2, got {config.get('eval_num')}; e.g. "
-                     "--config.eval_num=1000.")
-  if config.get("eval_every"):
-    try:
-      eval_features.check_request(config.get("eval_features", "auto"),
-                                  config.get("eval_inception_weights"))
-    except eval_features.FeatureError as e:
-      raise ValueError(str(e).replace("--features", "--config.eval_features").replace(
-          "--inception_weights", "--config.eval_inception_weights")) from e
-
-
-def check_config_change(saved, config) -> list[str]:
-  """Differences between a checkpoint's config and ``config`` that matter.
-
-  Returns the changed fields ('field: saved -> now'); raises ConfigError when
-  one of them makes the resumed run another experiment (EXPERIMENT_FIELDS),
-  unless ``config.allow_config_change``.
-  """
-  old, new = _flat(saved), _flat(config)
-  changed = [k for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and k not in RUNTIME_FIELDS]
-  lines = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
-  refused = [k for k in changed if k in EXPERIMENT_FIELDS]
-  if refused and not config.get("allow_config_change", False):
-    raise ConfigError(
-        f"The checkpoint was trained with another experiment ({'; '.join(lines)}); use a fresh "
-        "--workdir, or --config.allow_config_change=True to go on anyway.")
-  return lines
-
-
-def _flat(config) -> dict:
-  """Dotted keys -> values (tuples as lists), for comparing configs."""
-  out = {}
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(v, prefix + k + ".")
-      else:
-        out[prefix + k] = list(v) if isinstance(v, (tuple, list)) else v
-  walk(config.to_dict() if hasattr(config, "to_dict") else config, "")
-  return out
-
-
-def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Every check that training makes before compiling, nothing written; a summary.
-
-  Raises the same one-line errors as ``train_and_evaluate``.
-  """
-  info = validate_config(config)
-  _check_not_a_file(workdir)  # Nothing created: a dry run writes nothing.
-  steps = checkpoint.manager(workdir, read_only=True).all_steps() if os.path.isdir(
-      checkpoint.checkpoint_dir(workdir)) else []
-  resume = f"resumes from step {max(steps)}" if steps else "starts from scratch"
-  return (f"{config}\n"
-          f"dry run: {config.kind} on {info.name} split {config.data.train_split!r}: "
-          f"{info.num_examples} examples of {info.image_size}x{info.image_size}x{info.channels}; "
-          f"{config.num_train_steps} steps of batch {config.batch_size} on "
-          f"{jax.device_count()} device(s); {os.path.abspath(workdir)} {resume}. "
-          "Everything checks out; nothing was trained.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_step.TrainState:
@@ -211,8 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
 
 def _train_locked(config, workdir: str, stop: loop.StopRequest) -> train_step.TrainState:
-  info = validate_config(config)
-  _check_workdir(workdir)
+  info = train_config.validate_config(config)
+  train_config.check_workdir(workdir)
   hint = loop.unused_accelerator(jax.default_backend())
   if hint:
     logging.warning("%s", hint)
@@ -249,7 +115,7 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[train_step.TrainStat
     except checkpoint.CheckpointError:
       saved = None
     if saved is not None:
-      check_config_change(saved, config)
+      train_config.check_config_change(saved, config)
     raise
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -258,7 +124,7 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[train_step.TrainStat
         "The processes found different checkpoints to resume from; is --workdir shared?")
   if restored is None:
     return state, False
-  for line in check_config_change(restored.config, config):
+  for line in train_config.check_config_change(restored.config, config):
     logging.warning("Resuming with a changed config: %s", line)
   logging.info("Resumed from step %d.", restored.step)
   return restored.state, True
@@ -408,12 +274,7 @@ def _dispatch(run: _Run, carry: _Carry, batches) -> None:
   """One dispatch (one step, or a block of them); then the pending checkpoint is saved,
   its own loss being known."""
   t_wait = time.time()
-  try:
-    batch = next(batches)
-  except data.InputWorkerError as e:  # as a preemption: keep the step reached
-    kept = _save_on_failure(run.mngr, carry.replicated, carry.pending, run.config, carry.step,
-                            run.start)
-    raise data.InputWorkerError(f"{e} {kept}") from None
+  batch = _next_batch(run, carry, batches)
   carry.progress.waited(time.time() - t_wait)
   carry.replicated, metrics = run.step_fn(carry.replicated, batch)
   carry.step += 1 if run.steps_per_dispatch == 1 else batch["image"].shape[1]
@@ -465,7 +326,7 @@ def _final_save(run: _Run, carry: _Carry, batches, stop: loop.StopRequest) -> No
   stopped = carry.step < run.total or (stop.requested and jax.process_count() == 1)
   if carry.pending is not None and not stopped:
     # The last state's own loss: one more dispatch, whose update is discarded.
-    probe, _ = run.step_fn(carry.replicated, next(batches))
+    probe, _ = run.step_fn(carry.replicated, _next_batch(run, carry, batches))
     carry.replicated = None
     _save_pending(run.mngr, probe, carry.pending, run.config)
     _record_best(run.workdir, carry.pending_best)
@@ -536,8 +397,12 @@ def _eval_features(config):
   """(extractor, why none): resolved before the first step, so errors come early."""
   if not config.get("eval_every"):
     return None, ""
-  return eval_features.resolve(config.get("eval_features", "auto"), config.data,
-                               inception_weights=config.get("eval_inception_weights"))
+  try:
+    extractor, why = eval_features.resolve(config.get("eval_features", "auto"), config.data,
+                                           inception_weights=config.get("eval_inception_weights"))
+  except eval_features.FeatureError as e:
+    raise train_config.ConfigError(train_config.as_config_fields(str(e))) from e
+  return extractor, train_config.as_config_fields(why)
 
 
 def _eval_due(config, s: int, total: int) -> bool:
@@ -593,16 +458,31 @@ def _save_pending(mngr, replicated, pending, config) -> None:
   checkpoint.save(mngr, pending, config)
 
 
-def _save_on_failure(mngr, replicated, pending, config, s: int, start: int) -> str:
-  """Saves the last finished step (checked finite) after an input failure; says what is kept."""
-  if s == start:
-    return f"Nothing new to save; {_kept(mngr)}."
+def _next_batch(run: _Run, carry: _Carry, batches):
+  """The next device batch; an input failure (an unreadable image, a dead input worker)
+  first saves the step reached, as a stop would, and says in its one line what is kept."""
   try:
-    _check_finite(replicated, mngr)
-    checkpoint.save(mngr, pending or _finite_host_state(replicated, mngr), config)
-    checkpoint.check_saves(mngr)
+    return next(batches)
+  except data.DataError as e:
+    raise type(e)(f"{e} {_save_on_failure(run, carry)}") from None
+
+
+def _save_on_failure(run: _Run, carry: _Carry) -> str:
+  """Saves the last finished step (checked finite) and waits for it; says what is kept."""
+  s = carry.step
+  if s == run.start:
+    return f"Nothing new to save; {_kept(run.mngr)}."
+  if jax.process_count() > 1:  # the processes save together; this one alone would hang
+    return f"Step {s} was not saved (only one process failed); {_kept(run.mngr)}."
+  try:
+    _check_finite(carry.replicated, run.mngr)
+    checkpoint.save(run.mngr, carry.pending or _finite_host_state(carry.replicated, run.mngr),
+                    run.config)
+    checkpoint.wait(run.mngr)
   except (NonFiniteLossError, checkpoint.CheckpointError) as e:
     return f"Step {s} was not saved ({str(e).splitlines()[0][:200]})."
+  if carry.pending is not None:  # an evaluated step: it may be the new best
+    carry.pending_best = _record_best(run.workdir, carry.pending_best)
   return f"Step {s} is saved (checkpoint {s})."
 
 
@@ -635,22 +515,3 @@ def _finite_host_state(replicated, mngr=None) -> train_step.TrainState:
             f"Non-finite {group}{jax.tree_util.keystr(path)} after step {int(state.step)}; "
             f"training stopped and {_kept(mngr)}. Try a lower --config.learning_rate.")
   return state
-
-
-def _check_not_a_file(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another "
-                      "--workdir.")
-
-
-def _check_workdir(workdir: str) -> None:
-  _check_not_a_file(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"Cannot write to --workdir={workdir} ({type(e).__name__}: "
-                      f"{e.strerror or e}); choose a writable directory.") from e

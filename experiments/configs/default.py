@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
   # Resuming with another kind or data is refused unless this is True
-  # (vaegan_jax/train.py EXPERIMENT_FIELDS); other changes are logged.
+  # (vaegan_jax/train_config.py EXPERIMENT_FIELDS); other changes are logged.
   c.allow_config_change = False
   c.sample_every = 100
   c.num_sample_images = 64

@@ -13,6 +13,7 @@ import os
 import posixpath
 import threading
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -192,13 +193,16 @@ class _DirReader:
 
 def decode_celeba(data: bytes, image_size: int, name: str = "") -> np.ndarray:
   """Aligned 178x218 JPEG bytes -> paper crop, resized: uint8 (S, S, 3)."""
-  with Image.open(io.BytesIO(data)) as image:
-    if image.size != _CELEBA_RAW_SIZE:
-      raise DataError(f"CelebA image {name} is {image.size[0]}x"
-                      f"{image.size[1]}, expected 178x218: use the aligned "
-                      f"& cropped images ({CELEBA_IMAGES}).")
-    image = image.convert("RGB").crop(CELEBA_CROP_BOX)
-  return from_pil(resize(image, image_size))
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      if image.size != _CELEBA_RAW_SIZE:
+        raise DataError(f"CelebA image {name} is {image.size[0]}x"
+                        f"{image.size[1]}, expected 178x218: use the aligned "
+                        f"& cropped images ({CELEBA_IMAGES}).")
+      image.load()
+  except (OSError, SyntaxError, EOFError) as e:  # a truncated or damaged JPEG
+    raise _damaged(name, e) from e
+  return from_pil(resize(image.convert("RGB").crop(CELEBA_CROP_BOX), image_size))
 
 
 class CelebASource(Source):
@@ -231,9 +235,20 @@ class CelebASource(Source):
     images = np.empty((idx.size, size, size, 3), np.uint8)
     for k, i in enumerate(idx):
       name = self._files[i]
-      images[k] = decode_celeba(self._reader.read(name), size, name)
+      images[k] = decode_celeba(self._read(name), size, name)
     return {"image": images,
             "attributes": self._attributes[idx].astype(np.float32)}
+
+  def _read(self, name: str) -> bytes:
+    try:
+      return self._reader.read(name)
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # a bad CRC, a bad block
+      raise _damaged(name, e) from e
+
+
+def _damaged(name: str, e: BaseException) -> DataError:
+  reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+  return DataError(f"Cannot read CelebA image {name} ({reason}): re-download {CELEBA_IMAGES}.")
 
 
 # --- folder -----------------------------------------------------------------

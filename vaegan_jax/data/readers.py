@@ -40,7 +40,7 @@ Datasets (``data_config.name``):
     ``'test'``), files sorted by name within a split (as TFDS does).
     ``'attributes'`` are the 40 binary attributes of ``list_attr_celeba.txt``
     in file-column order (-1/1 -> 0/1), ``attribute_names`` from its header.
-  * ``'folder'``: every ``.png/.jpg/.jpeg/.bmp/.webp`` file under
+  * ``'folder'``: every ``.png/.jpg/.jpeg/.bmp/.webp/.tif/.tiff`` file under
     ``data_config.folder`` (recursive, sorted by relative path), EXIF
     orientation applied, converted to RGB or L by ``channels``, center-cropped
     to a square and resized to ``image_size``. Splits: ``'test'`` = every

@@ -207,6 +207,11 @@ def check_saves(mngr: ocp.CheckpointManager) -> None:
   _surface_errors(mngr, block=False)
 
 
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the background save; raises CheckpointWriteError if it failed."""
+  _surface_errors(mngr, block=True)
+
+
 def finish(mngr: ocp.CheckpointManager, *, quiet: bool = False) -> None:
   """Waits for the background save and closes ``mngr``.
 

@@ -46,6 +46,7 @@ from vaegan_jax import losses
 from vaegan_jax import models
 from vaegan_jax import sampling
 from vaegan_jax import train
+from vaegan_jax import train_config
 from vaegan_jax import train_step
 from vaegan_jax.evaluation import evaluator
 from vaegan_jax.evaluation import features as feats_lib
@@ -195,9 +196,9 @@ def _heldout_errors(nets: models.Networks, p, kept, sep, stats: dict, held: np.n
 def measure(config, steps: int, num: int) -> dict:
   """Trains ``config`` for ``steps`` steps and compares the statistics (see module doc)."""
   if config.kind != "vaegan" or config.model.num_attributes:
-    raise train.ConfigError("bn_statistics measures the unconditional 'vaegan' kind: "
-                            "set --config.kind=vaegan and --config.model.num_attributes=0.")
-  train.validate_config(config)  # every check the trainer makes, as one-line errors
+    raise train_config.ConfigError("bn_statistics measures the unconditional 'vaegan' kind: "
+                                   "set --config.kind=vaegan and --config.model.num_attributes=0.")
+  train_config.validate_config(config)  # every check the trainer makes, as one-line errors
   arch = models.Architecture.from_config(config.model)
   nets = models.Networks.create(arch)
   train_images = evaluator.load_images(config.data, config.data.train_split, 10**9)["image"]
