@@ -205,6 +205,7 @@ def test_bf16_batchnorm_statistics_and_backward_are_float32():
   assert err < 0.005, err
 
 
+@_SLOW  # ~13 s; the resume test below checks the float32 state too
 def test_bf16_train_step_keeps_params_optimizer_and_statistics_float32():
   config = _config("tiny", "vaegan", "bfloat16", gan_form="non_saturating")
   state = train_step.create_train_state(config, jax.random.PRNGKey(0))

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
+from vaegan_jax import data
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax import train_step
@@ -215,6 +216,31 @@ def test_real_features_are_cached(extractor, monkeypatch):
   np.testing.assert_array_equal(first["label"], second["label"])
   with pytest.raises(AssertionError, match="recomputed"):  # Another n: another entry.
     evaluator.real_features(extractor, data, "test", 99)
+
+
+def test_real_statistics_of_a_folder_are_not_reused_after_its_images_change(tmp_path,
+                                                                            monkeypatch):
+  """The cache key holds the folder's file stamps: a rewritten, added or removed
+  image gives another entry (it used to give the old folder's statistics)."""
+  monkeypatch.setenv("VAEGAN_CACHE_DIR", str(tmp_path / "cache"))
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+  config = _config()
+  config.data.update(dict(name="folder", folder=str(folder)))
+  noisy = evaluator.real_sharpness(config.data, "all", 8)
+  assert evaluator.real_sharpness(config.data, "all", 8) == noisy  # read back
+  for i in range(8):  # the same names, now flat images
+    Image.new("L", (16, 16), 128).save(folder / f"{i}.png")
+  flat = evaluator.real_sharpness(config.data, "all", 8)
+  assert flat != noisy and max(abs(v) for v in flat.values()) < 1e-6 < min(noisy.values())
+  stamp = data.content_stamp(config.data)
+  (folder / "extra.png").write_bytes((folder / "0.png").read_bytes())
+  assert data.content_stamp(config.data) != stamp
+  os.remove(folder / "extra.png")
+  assert data.content_stamp(config.data) == stamp
 
 
 def test_folder_without_labels_gets_reconstruction_metrics_and_a_reason(tmp_path):

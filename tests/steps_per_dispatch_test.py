@@ -107,6 +107,7 @@ def test_dispatch_sizes_end_on_every_boundary():
   assert next(it) == 4  # the probe's block
 
 
+@pytest.mark.slow  # ~17 s; CI runs it in the slow suite
 @pytest.mark.parametrize("k", [3])
 def test_training_with_blocks_equals_one_step_per_dispatch(tmp_path, k):
   """Same end state up to float32 rounding, same checkpoints, same logged steps and

@@ -1,6 +1,7 @@
 """The trainer's checks before compiling (``vaegan_jax.train_config``), in process:
 bad settings, a resumed run's config changes, the workdir and the dry run."""
 
+import json
 import os
 import random
 
@@ -121,3 +122,33 @@ def test_a_classifier_feature_space_on_unlabelled_images_is_refused_naming_confi
   assert "--features" not in msg and "--inception_weights" not in msg
   c.eval_features = "auto"
   train_config.validate_config(c)
+
+
+def test_a_resumed_run_on_changed_files_is_warned(tmp_path, caplog):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  for i in range(40):
+    Image.new("L", (16, 16), 3 * i).save(folder / f"{i:02d}.png")
+  c = _config()
+  c.data.update(dict(name="folder", folder=str(folder)))
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  with caplog.at_level(logging.WARNING):
+    train_config.check_data_unchanged(str(wd), c.data, resumed=False)  # a fresh run records
+    train_config.check_data_unchanged(str(wd), c.data, resumed=True)  # the same files: no word
+    assert "training files changed" not in caplog.text
+    Image.new("L", (16, 16), 255).save(folder / "07.png")  # rewritten: same count
+    train_config.check_data_unchanged(str(wd), c.data, resumed=True)
+    assert "training files changed since this workdir's last start (38 examples, now 38)" in (
+        caplog.text)
+    caplog.clear()
+    Image.new("L", (16, 16), 255).save(folder / "41.png")
+    train_config.check_data_unchanged(str(wd), c.data, resumed=False)  # a fresh run: no word
+    assert "training files changed" not in caplog.text
+  assert json.load(open(wd / train_config.DATA_STAMP)) == {
+      "examples": 38, "stamp": data.content_stamp(c.data)}  # the new files recorded
+  c.data.update(dict(name="digits", folder=None))
+  train_config.check_data_unchanged(str(tmp_path / "none"), c.data, resumed=True)
+  assert not (tmp_path / "none").exists()  # built-in data: nothing to stamp

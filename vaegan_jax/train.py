@@ -131,8 +131,10 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[train_step.TrainStat
 
 
 def _train(config, workdir: str, is_chief: bool, stop: loop.StopRequest) -> train_step.TrainState:
-  state, _ = _restore(config, workdir, is_chief)
+  state, resumed = _restore(config, workdir, is_chief)
   start = int(state.step)
+  if is_chief:
+    train_config.check_data_unchanged(workdir, config.data, resumed)
   if stop.requested and jax.process_count() == 1:  # before anything costly
     logging.warning("Stopped (%s) before the first step; nothing new to save.",
                     stop.signal_name)

@@ -3,18 +3,21 @@
 ``validate_config`` (every setting, the data and their agreement; before the
 workdir is touched or anything compiles), ``check_workdir``,
 ``check_config_change`` (a resumed run against its checkpoint's config, once
-the checkpoint is found) and ``dry_run`` (all of them, nothing written). Each
+the checkpoint is found), ``check_data_unchanged`` (a resumed run's files: a
+warning) and ``dry_run`` (the checks that can fail, nothing written). Each
 failure is one line that names the fix: ``ConfigError``, or ``data.DataError``
 for the data.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import jax
 import ml_collections
+from absl import logging
 
 from vaegan_jax import data
 from vaegan_jax import models
@@ -154,6 +157,35 @@ def _flat(config) -> dict:
         out[prefix + k] = list(v) if isinstance(v, (tuple, list)) else v
   walk(config.to_dict() if hasattr(config, "to_dict") else config, "")
   return out
+
+
+DATA_STAMP = "data_stamp.json"
+
+
+def check_data_unchanged(workdir: str, data_config, resumed: bool) -> None:
+  """Warns when a resumed run reads other files than the workdir's last start did.
+
+  A folder's images added, removed or rewritten (``data.content_stamp``) keep
+  the config equal but change the input order and the held-out split (every
+  20th file) that the checkpoints were trained with. Records the stamp.
+  """
+  stamp = data.content_stamp(data_config)
+  if not stamp:
+    return
+  path = os.path.join(workdir, DATA_STAMP)
+  now = {"stamp": stamp, "examples": data.validate(data_config).num_examples}
+  try:
+    with open(path) as f:
+      before = json.load(f)
+  except (OSError, ValueError):
+    before = None
+  if resumed and isinstance(before, dict) and before.get("stamp") != stamp:
+    logging.warning(
+        "The training files changed since this workdir's last start (%s examples, now %d): "
+        "the resumed run's input order and held-out split differ from its checkpoints'. "
+        "Use a fresh --workdir to train on the new files from scratch.",
+        before.get("examples", "?"), now["examples"])
+  eval_features.write_json_atomic(path, now)
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:

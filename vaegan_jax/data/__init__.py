@@ -36,5 +36,6 @@ from vaegan_jax.data.readers import DatasetInfo
 from vaegan_jax.data.readers import DATASETS
 from vaegan_jax.data.readers import label_attribute_names
 from vaegan_jax.data.readers import Source
+from vaegan_jax.data.sources import content_stamp
 from vaegan_jax.data.sources import get_source
 from vaegan_jax.data.sources import validate

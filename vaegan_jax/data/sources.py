@@ -6,6 +6,8 @@ with one line that names the fix.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from vaegan_jax.data import celeba
@@ -105,3 +107,27 @@ def get_source(data_config: Any, split: str) -> Source:
     source = readers.CappedSource(source, cap)
   return source
 
+
+def content_stamp(data_config: Any) -> str:
+  """A digest that changes when the files a dataset is read from change.
+
+  For ``folder``: every listed file's relative path, size and mtime (a file
+  added, removed, renamed or rewritten); for ``celeb_a``: the official files'
+  size and mtime. Other datasets are fixed by their package's version: ''.
+  Caches of real-data statistics key on it, so they are never reused for
+  other images.
+  """
+  name = config_value(data_config, "name")
+  h = hashlib.sha256()
+  if name == "folder":
+    root, files = folder.list_files(data_config)
+    for f in files:
+      st = os.stat(os.path.join(root, f))
+      h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  elif name == "celeb_a":
+    for f, path in sorted(celeba.celeba_paths(celeba.celeba_manual_dir(data_config)).items()):
+      st = os.stat(path)
+      h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  else:
+    return ""
+  return h.hexdigest()[:16]

@@ -90,9 +90,10 @@ def real_features(extractor: feats_lib.FeatureExtractor, data_config: Any, split
                   num: int, *, use_cache: bool = True) -> dict[str, np.ndarray]:
   """Features (and probs, labels, attributes) of ``load_images(...)``, cached.
 
-  The cache key holds the data fields, the split, n and the extractor's
-  weight fingerprint, so a retrained classifier or other weights never reuse
-  stale features.
+  The cache key holds the data fields and the files' stamp (a folder whose
+  images changed), the split, n and the extractor's weight fingerprint, so
+  other images, a retrained classifier or other weights never reuse stale
+  features.
   """
   n = min(int(num), _split_size(data_config, split))
   key = feats_lib.digest({"data": feats_lib.data_fingerprint(data_config), "split": split,

@@ -104,10 +104,13 @@ def digest(obj: Any) -> str:
 
 
 def data_fingerprint(data_config: Any) -> dict:
-  """The data fields that decide what images a split holds, after preprocessing."""
+  """What decides the images a split holds, after preprocessing: the data fields,
+  and the files' own stamp (a folder's images added, removed or rewritten)."""
   keys = ("name", "image_size", "channels", "num_examples", "data_dir", "manual_dir", "folder",
           "label_attributes", "crop_seed")
-  return {k: data.config_value(data_config, k) for k in keys}
+  out = {k: data.config_value(data_config, k) for k in keys}
+  stamp = data.content_stamp(data_config)
+  return {**out, "content": stamp} if stamp else out  # built-in data: keys as before
 
 
 @contextlib.contextmanager
