@@ -310,7 +310,8 @@ def bench_input_pipeline(batch_size: int, batches: int = 50) -> list[dict]:
     fc = folder.get_config().data
     fc.folder = os.path.join(tmp, "photos")
     os.makedirs(fc.folder)
-    for i, image in enumerate(data_testing.smooth_images(batch_size, height=1536, width=2048)):
+    for i in range(batch_size):  # one frame in memory at a time (9 MB each)
+      image, = data_testing.smooth_images(1, seed=i, height=1536, width=2048)
       Image.fromarray(image).save(os.path.join(fc.folder, f"{i:04d}.jpg"), quality=92)
     it = data.batch_iterator(fc, "all", batch_size, seed=0)
     rows.append(dict(row="input_pipeline_folder64_2048px_jpg", workers=f"{workers} threads",

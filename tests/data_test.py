@@ -494,9 +494,12 @@ def test_folder_decodes_large_jpegs_at_reduced_scale_close_to_a_full_decode(tmp_
   Image.fromarray(photo.astype(np.uint8)).save(tmp_path / "p.jpg", quality=95)
   with Image.open(tmp_path / "p.jpg") as im:
     assert im.draft(None, (64, 64))[1][2:] == (128.0, 96.0)  # this JPEG does scale: 1/8
+    reduced = readers.from_pil(readers.resize(readers.center_square(im.convert("RGB")), 32))
   with Image.open(tmp_path / "p.jpg") as im:
     full = readers.from_pil(readers.resize(readers.center_square(im.convert("RGB")), 32))
   out = folder.load_folder_image(str(tmp_path / "p.jpg"), 32, 3)
+  np.testing.assert_array_equal(out, reduced)  # the reduced decode is the one used
+  assert not np.array_equal(out, full)
   diff = np.abs(out.astype(int) - full)
   assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
 
@@ -514,6 +517,23 @@ def test_folder_unreadable_file_is_one_line_naming_it(tmp_path, content):
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith(f"Cannot read image {path} (")
   assert msg.endswith("remove or fix it.")
+
+
+def test_folder_content_stamp_tracks_files_and_survives_odd_names_and_dangling_links(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  Image.new("L", (8, 8), 0).save(root / "a.png")
+  with open(os.path.join(os.fsencode(str(root)), b"caf\xe9.png"), "wb") as f:  # Latin-1 name
+    f.write((root / "a.png").read_bytes())
+  os.symlink(root / "gone.png", root / "link.png")  # dangling
+  cfg = _config(name="folder", folder=str(root))
+  full, names = ip.content_stamp(cfg), ip.content_stamp(cfg, names_only=True)
+  assert len(full) == len(names) == 16 and full != names
+  Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "a.png")  # rewritten
+  assert ip.content_stamp(cfg) != full and ip.content_stamp(cfg, names_only=True) == names
+  (root / "b.png").write_bytes((root / "a.png").read_bytes())  # added
+  assert ip.content_stamp(cfg, names_only=True) != names
+  assert ip.content_stamp(_config(name="digits")) == ""
 
 
 # ----------------------------------------------------------------------------

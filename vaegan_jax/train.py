@@ -444,13 +444,15 @@ def _record_best(workdir: str, record) -> None:
 
 def _eval_batch(config, num: int) -> dict:
   """A fixed batch of held-out images (first ``num`` of the eval split) for grids."""
-  it = data.batch_iterator(config.data, config.data.eval_split, num,
-                                     seed=0, shuffle=False, drop_remainder=False)
+  it = data.batch_iterator(config.data, config.data.eval_split, num, seed=0, shuffle=False,
+                           drop_remainder=False)
   batch = next(iter(it))
   close = getattr(it, "close", None)
   if close:
     close()
   return {k: np.asarray(v) for k, v in batch.items() if k in ("image", "attributes")}
+
+
 def _save_pending(mngr, replicated, pending, config) -> None:
   """Saves ``pending`` (the host state of step p) unless its own loss, computed by
   the dispatch after it (``replicated``), was non-finite: then raises, naming it."""
@@ -475,7 +477,8 @@ def _save_on_failure(run: _Run, carry: _Carry) -> str:
   if s == run.start:
     return f"Nothing new to save; {_kept(run.mngr)}."
   if jax.process_count() > 1:  # the processes save together; this one alone would hang
-    return f"Step {s} was not saved (only one process failed); {_kept(run.mngr)}."
+    return (f"Step {s} was not saved (a multi-process run saves only at a stop all processes "
+            f"agree on); {_kept(run.mngr)}.")
   try:
     _check_finite(carry.replicated, run.mngr)
     checkpoint.save(run.mngr, carry.pending or _finite_host_state(carry.replicated, run.mngr),

@@ -163,29 +163,36 @@ DATA_STAMP = "data_stamp.json"
 
 
 def check_data_unchanged(workdir: str, data_config, resumed: bool) -> None:
-  """Warns when a resumed run reads other files than the workdir's last start did.
+  """Warns when a resumed run lists other files than the workdir's last start did.
 
-  A folder's images added, removed or rewritten (``data.content_stamp``) keep
-  the config equal but change the input order and the held-out split (every
-  20th file) that the checkpoints were trained with. Records the stamp.
+  A folder's images added, removed or renamed keep the config equal but change
+  the input order and the held-out split (every 20th file) that the
+  checkpoints were trained with. Records the listing's stamp
+  (``data.content_stamp(names_only=True)``; a file fixed in place is no change).
   """
-  stamp = data.content_stamp(data_config)
+  stamp = data.content_stamp(data_config, names_only=True)
   if not stamp:
     return
   path = os.path.join(workdir, DATA_STAMP)
-  now = {"stamp": stamp, "examples": data.validate(data_config).num_examples}
+  now = {"files": stamp, "examples": data.validate(data_config).num_examples}
   try:
     with open(path) as f:
       before = json.load(f)
   except (OSError, ValueError):
     before = None
-  if resumed and isinstance(before, dict) and before.get("stamp") != stamp:
+  if resumed and isinstance(before, dict) and before.get("files") != stamp:
     logging.warning(
-        "The training files changed since this workdir's last start (%s examples, now %d): "
-        "the resumed run's input order and held-out split differ from its checkpoints'. "
-        "Use a fresh --workdir to train on the new files from scratch.",
+        "The training files were added, removed or renamed since this workdir's last start "
+        "(%s examples, now %d): the resumed run's input order and held-out split differ from "
+        "its checkpoints'. Use a fresh --workdir to train on the new files from scratch.",
         before.get("examples", "?"), now["examples"])
-  eval_features.write_json_atomic(path, now)
+  elif resumed and before is None:
+    logging.info("No record of the files this workdir trained on (%s, written since 2026-12-06); "
+                 "recording %d examples now.", DATA_STAMP, now["examples"])
+  try:
+    eval_features.write_json_atomic(path, now)
+  except OSError as e:  # a warning's record: never worth stopping the run
+    logging.warning("Could not write %s (%s).", path, e)
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -80,6 +80,9 @@ def load_folder_image(path: str, image_size: int, channels: int) -> np.ndarray:
       image = ImageOps.exif_transpose(image)
   except UNREADABLE as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError) and e.errno is not None:  # the disk, not the file's content
+      raise DataError(f"Could not read image {path} ({reason}): check the disk or mount, "
+                      "then rerun to resume.") from e
     raise DataError(f"Cannot read image {path} ({reason}): remove or fix it.") from e
   image = _to_8_bits(image, path).convert("L" if channels == 1 else "RGB")
   return from_pil(resize(center_square(image), image_size))

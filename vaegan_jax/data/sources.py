@@ -108,26 +108,33 @@ def get_source(data_config: Any, split: str) -> Source:
   return source
 
 
-def content_stamp(data_config: Any) -> str:
+def content_stamp(data_config: Any, *, names_only: bool = False) -> str:
   """A digest that changes when the files a dataset is read from change.
 
   For ``folder``: every listed file's relative path, size and mtime (a file
-  added, removed, renamed or rewritten); for ``celeb_a``: the official files'
-  size and mtime. Other datasets are fixed by their package's version: ''.
-  Caches of real-data statistics key on it, so they are never reused for
-  other images.
+  added, removed, renamed or rewritten), or with ``names_only`` the paths alone
+  (what decides the input order and the held-out split). For ``celeb_a``: the
+  official files' sizes (a re-download or a copy is the same data; an
+  extracted image folder counts as one entry). Other datasets are fixed by
+  their package's version: ''. Caches of real-data statistics key on it, so
+  they are never reused for other images. Costs one ``stat`` per file (about
+  0.4 s per 50,000 local files).
   """
   name = config_value(data_config, "name")
   h = hashlib.sha256()
   if name == "folder":
     root, files = folder.list_files(data_config)
     for f in files:
-      st = os.stat(os.path.join(root, f))
-      h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-  elif name == "celeb_a":
+      h.update(os.fsencode(f) + b"\0")
+      if not names_only:
+        try:
+          st = os.stat(os.path.join(root, f))
+          h.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a dangling link, a file gone: read (and reported) later
+          h.update(b"?\n")
+  elif name == "celeb_a" and not names_only:
     for f, path in sorted(celeba.celeba_paths(celeba.celeba_manual_dir(data_config)).items()):
-      st = os.stat(path)
-      h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+      h.update(f"{f}\0{os.path.getsize(path)}\n".encode())
   else:
     return ""
   return h.hexdigest()[:16]
