@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from experiments.configs import tiny
+from vaegan_jax import data
 from vaegan_jax import sampling
 from vaegan_jax import train
 from vaegan_jax import train_config
@@ -69,6 +70,33 @@ def test_best_checkpoint_is_kept_through_pruning_resume_and_corruption(tmp_path,
   train.train_and_evaluate(_config(10), wd)
   assert json.load(open(best_checkpoint.best_path(wd)))["step"] == 10
   assert checkpoint._all_steps(wd) == [10]
+
+
+@pytest.mark.slow  # ~20 s: a fault trial
+def test_an_input_failure_right_after_the_best_evaluation_saves_and_records_it(tmp_path,
+                                                                              scripted_fid,
+                                                                              monkeypatch):
+  """Step 4 is evaluated best (FID 1.0); the input fails before step 5. The step
+  reached is saved on the way out, and named the best (it used to be lost, and
+  step 2 stayed the best on record)."""
+  real = train._device_batches
+
+  def failing_at_step_5(config, start, num_attributes):
+    host, batches = real(config, start, num_attributes)
+
+    def gen():
+      for i, b in enumerate(batches, start=start):
+        if i == 4:  # batch i is step i + 1's
+          raise data.DataError("Cannot read image x.png (injected): remove or fix it.")
+        yield b
+    return host, gen()
+  monkeypatch.setattr(train, "_device_batches", failing_at_step_5)
+  wd = str(tmp_path / "run")
+  with pytest.raises(data.DataError) as e:
+    train.train_and_evaluate(_config(8), wd)
+  assert str(e.value).endswith("remove or fix it. Step 4 is saved (checkpoint 4).")
+  assert checkpoint._all_steps(wd) == [2, 4]  # 2 was the best when 4 was saved: pruned later
+  assert json.load(open(best_checkpoint.best_path(wd)))["step"] == 4
 
 
 def test_keep_best_names_must_be_metrics():

@@ -145,6 +145,23 @@ def test_an_unreadable_image_mid_run_names_it_saves_the_step_reached_and_resumes
   assert int(state.step) == 30
 
 
+@pytest.mark.slow  # ~15 s: a fault trial
+def test_an_input_failure_under_jax_distributed_saves_nothing_and_says_so(tmp_path, monkeypatch):
+  """One process's input fails: a save by that process alone would wait forever in
+  Orbax's barrier for the others, so nothing is saved and the line says why."""
+  def fail_as_one_of_two_processes():
+    monkeypatch.setattr(jax, "process_count", lambda: 2)  # from the failure on
+    raise data.DataError("Cannot read image x.png (injected): remove or fix it.")
+  _inject(monkeypatch, 6, fail_as_one_of_two_processes)
+  wd = str(tmp_path)
+  with pytest.raises(data.DataError) as e:
+    train.train_and_evaluate(_config(num_train_steps=30, checkpoint_every=4), wd)
+  assert re.search(r"remove or fix it\. Step \d+ was not saved \(a multi-process run saves only "
+                   r"at a stop all processes agree on\); the last good checkpoint, 4, is kept\.$",
+                   str(e.value)), str(e.value)
+  assert _steps(wd) == [4]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_the_reported_step_and_returns(tmp_path, monkeypatch, caplog, sig):
   """SIGINT (Ctrl-C) used to raise KeyboardInterrupt and save nothing."""

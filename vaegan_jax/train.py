@@ -477,6 +477,10 @@ def _save_on_failure(run: _Run, carry: _Carry) -> str:
   if s == run.start:
     return f"Nothing new to save; {_kept(run.mngr)}."
   if jax.process_count() > 1:  # the processes save together; this one alone would hang
+    try:
+      checkpoint.wait(run.mngr)  # the save in flight (started by all) lands: say it is kept
+    except checkpoint.CheckpointError:
+      pass  # the exit path reports it (checkpoint.finish); _kept counts what landed
     return (f"Step {s} was not saved (a multi-process run saves only at a stop all processes "
             f"agree on); {_kept(run.mngr)}.")
   try:
