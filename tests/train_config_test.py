@@ -139,21 +139,25 @@ def test_a_resumed_run_on_other_files_is_warned(tmp_path, caplog):
   wd = tmp_path / "wd"
   wd.mkdir()
   warned = "training files were added, removed or renamed"
+
+  def check(resumed):  # as the trainer calls it: with the count it has validated
+    train_config.check_data_unchanged(str(wd), c.data, data.validate(c.data).num_examples,
+                                      resumed=resumed)
   with caplog.at_level(logging.WARNING):
-    train_config.check_data_unchanged(str(wd), c.data, resumed=False)  # a fresh run records
-    train_config.check_data_unchanged(str(wd), c.data, resumed=True)  # the same files
+    check(resumed=False)  # a fresh run records
+    check(resumed=True)  # the same files
     Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(folder / "07.png")
-    train_config.check_data_unchanged(str(wd), c.data, resumed=True)  # fixed in place
+    check(resumed=True)  # fixed in place
     assert warned not in caplog.text
     os.rename(folder / "07.png", folder / "07b.png")
-    train_config.check_data_unchanged(str(wd), c.data, resumed=True)
+    check(resumed=True)
     assert f"{warned} since this workdir's last start (38 examples, now 38)" in caplog.text
     caplog.clear()
     Image.new("L", (16, 16), 255).save(folder / "41.png")
-    train_config.check_data_unchanged(str(wd), c.data, resumed=False)  # a fresh run: no word
+    check(resumed=False)  # a fresh run: no word
     assert warned not in caplog.text
   assert json.load(open(wd / train_config.DATA_STAMP)) == {
       "examples": 38, "files": data.content_stamp(c.data, names_only=True)}
   c.data.update(dict(name="digits", folder=None))
-  train_config.check_data_unchanged(str(tmp_path / "none"), c.data, resumed=True)
+  train_config.check_data_unchanged(str(tmp_path / "none"), c.data, 0, resumed=True)
   assert not (tmp_path / "none").exists()  # built-in data: nothing to stamp

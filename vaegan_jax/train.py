@@ -96,7 +96,7 @@ def _train_locked(config, workdir: str, stop: loop.StopRequest) -> train_step.Tr
   if is_chief:
     lock.acquire()
   try:
-    return _train(config, workdir, is_chief, stop)
+    return _train(config, workdir, is_chief, stop, info.num_examples)
   finally:
     lock.release()
 
@@ -130,11 +130,12 @@ def _restore(config, workdir: str, is_chief: bool) -> tuple[train_step.TrainStat
   return restored.state, True
 
 
-def _train(config, workdir: str, is_chief: bool, stop: loop.StopRequest) -> train_step.TrainState:
+def _train(config, workdir: str, is_chief: bool, stop: loop.StopRequest,
+           num_examples: int) -> train_step.TrainState:
   state, resumed = _restore(config, workdir, is_chief)
   start = int(state.step)
   if is_chief:
-    train_config.check_data_unchanged(workdir, config.data, resumed)
+    train_config.check_data_unchanged(workdir, config.data, num_examples, resumed)
   if stop.requested and jax.process_count() == 1:  # before anything costly
     logging.warning("Stopped (%s) before the first step; nothing new to save.",
                     stop.signal_name)
@@ -333,11 +334,7 @@ def _final_save(run: _Run, carry: _Carry, batches, stop: loop.StopRequest) -> No
     _save_pending(run.mngr, probe, carry.pending, run.config)
     _record_best(run.workdir, carry.pending_best)
   elif carry.step > run.start and stopped:
-    _check_finite(carry.replicated, run.mngr)
-    checkpoint.save(run.mngr, carry.pending or _finite_host_state(carry.replicated, run.mngr),
-                    run.config)
-    if carry.pending is not None:
-      _record_best(run.workdir, carry.pending_best)
+    _save_reached(run, carry)
 
 
 # ----------------------------------------------------------------------------
@@ -484,15 +481,22 @@ def _save_on_failure(run: _Run, carry: _Carry) -> str:
     return (f"Step {s} was not saved (a multi-process run saves only at a stop all processes "
             f"agree on); {_kept(run.mngr)}.")
   try:
-    _check_finite(carry.replicated, run.mngr)
-    checkpoint.save(run.mngr, carry.pending or _finite_host_state(carry.replicated, run.mngr),
-                    run.config)
-    checkpoint.wait(run.mngr)
+    _save_reached(run, carry, wait=True)
   except (NonFiniteLossError, checkpoint.CheckpointError) as e:
-    return f"Step {s} was not saved ({str(e).splitlines()[0][:200]})."
-  if carry.pending is not None:  # an evaluated step: it may be the new best
-    carry.pending_best = _record_best(run.workdir, carry.pending_best)
+    return f"Step {s} was not saved ({io_errors.first_line(e)})."
   return f"Step {s} is saved (checkpoint {s})."
+
+
+def _save_reached(run: _Run, carry: _Carry, *, wait: bool = False) -> None:
+  """Saves the step reached without another step (a stop, an input failure): every
+  value checked finite; a pending evaluated step is named the best if it is."""
+  _check_finite(carry.replicated, run.mngr)
+  checkpoint.save(run.mngr, carry.pending or _finite_host_state(carry.replicated, run.mngr),
+                  run.config)
+  if wait:  # the caller says it is saved: it must have landed
+    checkpoint.wait(run.mngr)
+  if carry.pending is not None:
+    carry.pending_best = _record_best(run.workdir, carry.pending_best)
 
 
 def _kept(mngr) -> str:

@@ -162,19 +162,20 @@ def _flat(config) -> dict:
 DATA_STAMP = "data_stamp.json"
 
 
-def check_data_unchanged(workdir: str, data_config, resumed: bool) -> None:
+def check_data_unchanged(workdir: str, data_config, num_examples: int, resumed: bool) -> None:
   """Warns when a resumed run lists other files than the workdir's last start did.
 
   A folder's images added, removed or renamed keep the config equal but change
   the input order and the held-out split (every 20th file) that the
-  checkpoints were trained with. Records the listing's stamp
+  checkpoints were trained with. ``num_examples``: the train split's, as
+  validated. Records the listing's stamp
   (``data.content_stamp(names_only=True)``; a file fixed in place is no change).
   """
   stamp = data.content_stamp(data_config, names_only=True)
   if not stamp:
     return
   path = os.path.join(workdir, DATA_STAMP)
-  now = {"files": stamp, "examples": data.validate(data_config).num_examples}
+  now = {"files": stamp, "examples": int(num_examples)}
   try:
     with open(path) as f:
       before = json.load(f)

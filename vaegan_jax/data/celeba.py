@@ -27,6 +27,7 @@ from vaegan_jax.data.readers import file_stamp
 from vaegan_jax.data.readers import from_pil
 from vaegan_jax.data.readers import resize
 from vaegan_jax.data.readers import Source
+from vaegan_jax.runtime import io_errors
 
 # The 40 official CelebA attribute names, in list_attr_celeba.txt's column order
 # (the pipeline reads the names from the file; this is for users and tests).
@@ -247,8 +248,8 @@ class CelebASource(Source):
 
 
 def _damaged(name: str, e: BaseException) -> DataError:
-  reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-  return DataError(f"Cannot read CelebA image {name} ({reason}): re-download {CELEBA_IMAGES}.")
+  return DataError(f"Cannot read CelebA image {name} ({io_errors.first_line(e)}): re-download "
+                   f"{CELEBA_IMAGES}.")
 
 
 # --- folder -----------------------------------------------------------------

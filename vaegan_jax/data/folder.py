@@ -30,6 +30,7 @@ from vaegan_jax.data.readers import DatasetInfo
 from vaegan_jax.data.readers import from_pil
 from vaegan_jax.data.readers import resize
 from vaegan_jax.data.readers import Source
+from vaegan_jax.runtime import io_errors
 
 _FOLDER_TEST_EVERY = 20
 _FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -79,7 +80,7 @@ def load_folder_image(path: str, image_size: int, channels: int) -> np.ndarray:
       image.load()
       image = ImageOps.exif_transpose(image)
   except UNREADABLE as e:
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    reason = io_errors.first_line(e)
     if isinstance(e, OSError) and e.errno is not None:  # the disk, not the file's content
       raise DataError(f"Could not read image {path} ({reason}): check the disk or mount, "
                       "then rerun to resume.") from e
